@@ -124,7 +124,10 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        env = dict(os.environ)
+        # The gateway reads `CPGW_*` variables as configuration and rejects
+        # unknown keys, so CPGW_BIN (ours) must not reach it; the other CPGW_*
+        # are dropped too, so the command line alone decides the configuration.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CPGW_")}
         env.setdefault("RUST_BACKTRACE", "1")
         self.proc = subprocess.Popen(
             self.argv,
@@ -148,6 +151,12 @@ class Gateway:
             ready = self.ocpp_addr is not None and self.admin_addr is not None
         if not ready:
             exited = self.proc.poll()
+            if exited is None and self._eof:
+                # stderr closed: the process is exiting; collect its code.
+                try:
+                    exited = self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
             self.kill()
             why = (
                 f"exited with code {exited}"
@@ -220,10 +229,9 @@ def pytest_runtest_makereport(item, call):
     if report.when != "call" or not report.failed or _RUNNING is None:
         return
     cp_id = getattr(item, "_interop_cp_id", None)
-    if cp_id:
-        text = _RUNNING.log_lines_matching(cp_id)
-        title = f"gateway log lines mentioning {cp_id}"
-    else:
+    text = _RUNNING.log_lines_matching(cp_id) if cp_id else ""
+    title = f"gateway log lines mentioning {cp_id}"
+    if not text:
         text = _RUNNING.log_text(last=40)
         title = "gateway log (last 40 lines)"
     report.sections.append((title, text or "<none>"))

@@ -208,7 +208,7 @@ async def test_transaction_and_events(open_cp, cp_id, cp_call, admin):
 
     for mid, frame in sent.items():
         data = by_id[mid]["data"]
-        assert data["ocppVersion"] in ("ocpp1.6", "1.6"), data
+        assert data["ocppVersion"] == SUBPROTOCOL, data
         assert data["messageType"] == "call", data
         assert data["action"] == frame[2], data
         assert data["payload"] == frame[3], (data["payload"], frame[3])

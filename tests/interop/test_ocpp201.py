@@ -251,7 +251,7 @@ async def test_transaction_and_events(open_cp, cp_id, cp_call, admin):
     expected_types = {started_id: "Started", updated_id: "Updated", ended_id: "Ended"}
     for mid, frame in sent.items():
         data = by_id[mid]["data"]
-        assert data["ocppVersion"] in ("ocpp2.0.1", "2.0.1"), data
+        assert data["ocppVersion"] == SUBPROTOCOL, data
         assert data["messageType"] == "call", data
         assert data["action"] == "TransactionEvent", data
         assert data["payload"] == frame[3], (data["payload"], frame[3])

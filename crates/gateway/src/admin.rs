@@ -1,0 +1,244 @@
+//! The admin HTTP API: health, connections, commands and recent events.
+//!
+//! Every error is a JSON body `{"error": "...", ...}` with a fitting status; see
+//! docs/admin-api.md.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{rejection::JsonRejection, Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    commands::{self, CommandRejected},
+    gateway::Shared,
+    session::{CallOutcome, SessionHandle},
+};
+
+/// Largest page of `GET /api/v1/connections`.
+const MAX_PAGE: usize = 1000;
+/// Longest command timeout accepted.
+const MAX_COMMAND_TIMEOUT_SECONDS: u64 = 300;
+
+/// The admin API's routes over the shared state.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
+        .route("/api/v1/connections", get(list_connections))
+        .route(
+            "/api/v1/connections/{id}",
+            get(get_connection).delete(disconnect),
+        )
+        .route("/api/v1/charge-points/{id}/commands", post(send_command))
+        .route("/api/v1/events", get(recent_events))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn livez() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.readiness() {
+        Ok(()) => Json(json!({ "ready": true })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let ready = shared.readiness();
+    let listener = if shared.listening.load(std::sync::atomic::Ordering::Relaxed) {
+        json!({ "status": "up", "connections": shared.registry.len() })
+    } else {
+        json!({ "status": "down" })
+    };
+    let body = json!({
+        "status": if ready.is_ok() { "up" } else { "down" },
+        "ready": ready.is_ok(),
+        "reason": ready.err(),
+        "nodeId": shared.config.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "components": {
+            "listener": listener,
+            "eventSink": shared.sink_health(),
+            "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
+        },
+    });
+    Json(body).into_response()
+}
+
+fn connection_json(handle: &SessionHandle) -> Value {
+    let info = &handle.info;
+    json!({
+        "chargePointId": info.charge_point_id,
+        "connectionId": info.connection_id,
+        "ocppVersion": info.version,
+        "peerAddress": info.peer_address.to_string(),
+        "connectedSince": info.connected_at,
+        "lastMessageAt": info.last_message_at(),
+        "pendingCall": info.pending_call(),
+    })
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list_connections(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "limit must be a whole number");
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, format!("limit must be between 1 and {MAX_PAGE}"));
+    }
+    // One extra tells whether another page follows.
+    let mut page = shared.registry.page(query.after.as_deref(), limit + 1);
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next_after = more.then(|| page.last().map(|h| h.info.charge_point_id.clone())).flatten();
+    Json(json!({
+        "total": shared.registry.len(),
+        "connections": page.iter().map(connection_json).collect::<Vec<_>>(),
+        "nextAfter": next_after,
+    }))
+    .into_response()
+}
+
+async fn get_connection(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match shared.registry.get(&id) {
+        Some(handle) => Json(connection_json(&handle)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("charge point {id} is not connected")),
+    }
+}
+
+async fn disconnect(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match shared.registry.get(&id) {
+        Some(handle) => {
+            handle.close(1000, "disconnected_by_operator");
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "chargePointId": id, "status": "closing" })),
+            )
+                .into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("charge point {id} is not connected")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CommandRequest {
+    action: String,
+    payload: Value,
+    timeout_seconds: Option<u64>,
+}
+
+async fn send_command(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Result<Json<CommandRequest>, JsonRejection>,
+) -> Response {
+    let command = match body {
+        Ok(Json(command)) => command,
+        Err(rejection) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "status": "invalid", "error": rejection.body_text() })),
+            )
+                .into_response()
+        }
+    };
+    let timeout = match command.timeout_seconds {
+        None => None,
+        Some(s) if (1..=MAX_COMMAND_TIMEOUT_SECONDS).contains(&s) => Some(Duration::from_secs(s)),
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({
+                    "status": "invalid",
+                    "error": format!("timeoutSeconds must be between 1 and {MAX_COMMAND_TIMEOUT_SECONDS}"),
+                })),
+            )
+                .into_response()
+        }
+    };
+    let outcome = commands::send_command(&shared, &id, &command.action, &command.payload, timeout).await;
+    match outcome {
+        Err(rejected) => {
+            let violations = match &rejected {
+                CommandRejected::InvalidPayload { violations, .. } => json!(violations),
+                CommandRejected::UnknownAction { .. } => json!([]),
+            };
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "status": "invalid", "error": rejected.to_string(), "violations": violations })),
+            )
+                .into_response()
+        }
+        Ok(outcome) => {
+            let status = outcome.status();
+            let (code, body) = match outcome {
+                CallOutcome::Completed(response) => (StatusCode::OK, json!({ "status": status, "response": response })),
+                CallOutcome::CallError(error) => (StatusCode::OK, json!({ "status": status, "error": error })),
+                CallOutcome::Timeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    json!({ "status": status, "error": "the charge point did not answer in time" }),
+                ),
+                CallOutcome::NotConnected => (
+                    StatusCode::NOT_FOUND,
+                    json!({ "status": status, "error": format!("charge point {id} is not connected") }),
+                ),
+                CallOutcome::QueueFull => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    json!({ "status": status, "error": "too many commands waiting for this charge point; retry later" }),
+                ),
+            };
+            (code, Json(body)).into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsQuery {
+    charge_point_id: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn recent_events(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "limit must be a whole number");
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, format!("limit must be between 1 and {MAX_PAGE}"));
+    }
+    let events = shared.ring.recent(query.charge_point_id.as_deref(), limit);
+    Json(json!({ "events": events })).into_response()
+}

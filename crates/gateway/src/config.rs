@@ -1,0 +1,495 @@
+//! Configuration: defaults, then a TOML file, then `CPGW_` environment variables, then
+//! command-line flags, each layer overriding the one before. Every option is documented
+//! in `docs/configuration.md`; a bad value stops the program at start, naming the option.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use ocpp::OcppVersion;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::Cli;
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This instance's name in events and logs (default: `$HOSTNAME`, else `gateway`).
+    pub node_id: String,
+    /// The OCPP WebSocket listener.
+    pub listener: ListenerConfig,
+    /// Per-connection behaviour.
+    pub session: SessionConfig,
+    /// Payload validation leniency.
+    pub validation: ValidationConfig,
+    /// The local responder (answers when no backend decides).
+    pub responder: ResponderConfig,
+    /// The embedded event sink.
+    pub events: EventsConfig,
+    /// The admin HTTP API.
+    pub admin: AdminConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The OCPP WebSocket listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to listen on for charge points.
+    pub address: SocketAddr,
+    /// URL path prefix; charge points connect to `{path_prefix}/{chargePointId}`.
+    pub path_prefix: String,
+    /// Supported OCPP versions, most preferred first.
+    pub subprotocols: Vec<OcppVersion>,
+    /// Version assumed when a charge point offers no subprotocol (`"none"` to refuse).
+    #[serde(with = "optional_version")]
+    pub fallback_subprotocol: Option<OcppVersion>,
+    /// Largest accepted WebSocket message, in bytes; larger ones close with 1009.
+    pub max_message_size: usize,
+    /// WebSocket read buffer per connection, in bytes.
+    pub read_buffer_size: usize,
+    /// Time a client has to complete the TCP-to-WebSocket handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Longest accepted charge point id, in characters (after percent-decoding).
+    pub max_charge_point_id_length: usize,
+    /// Most concurrent charge point connections; further handshakes are refused with 503.
+    pub max_connections: usize,
+}
+
+/// Per-connection behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// How long a gateway-initiated CALL waits for its response.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Gateway-to-charge-point CALLs that may wait behind the one in flight.
+    pub call_queue_size: usize,
+    /// Charge point CALLs read ahead while one is being processed; when full, the
+    /// gateway stops reading the socket (TCP backpressure).
+    pub inbound_queue_size: usize,
+    /// Interval between server WebSocket pings (`0s` disables pings).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long to wait for a pong before the connection is considered dead.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Consecutive bad messages after which the connection is closed (1008).
+    pub bad_message_limit: u32,
+}
+
+/// Payload validation leniency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Accept `date-time` values without a time zone, read as UTC.
+    pub accept_timestamps_without_zone: bool,
+}
+
+/// How the local responder answers Authorize (and idTag checks in transactions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizePolicy {
+    /// Every idTag / idToken is accepted.
+    AcceptAll,
+    /// Only tokens in `responder.allowed_id_tags` are accepted; others are `Invalid`.
+    AllowList,
+}
+
+/// The local responder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponderConfig {
+    /// Heartbeat interval given in BootNotification responses.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Authorize policy.
+    pub authorize: AuthorizePolicy,
+    /// Accepted tokens when `authorize = "allow_list"`.
+    pub allowed_id_tags: Vec<String>,
+}
+
+/// Where the embedded sink writes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventOutput {
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines appended to `events.file`.
+    File,
+    /// Only the in-memory ring.
+    None,
+}
+
+/// The embedded event sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Where events are written.
+    pub output: EventOutput,
+    /// The JSON-lines file, when `output = "file"`.
+    pub file: Option<PathBuf>,
+    /// Events kept in memory for `GET /api/v1/events`.
+    pub ring_size: usize,
+    /// Events that may wait for the writer; when full, sessions wait (backpressure).
+    pub queue_capacity: usize,
+    /// Actions whose CALLRESULT is sent only after their event is durable in the sink.
+    pub durable_actions: Vec<String>,
+}
+
+/// The admin HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of `/livez`, `/readyz`, `/health` and `/api/v1/...`.
+    pub address: SocketAddr,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Time over which open connections are closed (1001), spread evenly.
+    #[serde(with = "humantime_serde")]
+    pub drain_time: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// Filter directives, e.g. `info` or `info,charge_point_gateway::session=debug`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "gateway".to_owned()),
+            listener: ListenerConfig::default(),
+            session: SessionConfig::default(),
+            validation: ValidationConfig::default(),
+            responder: ResponderConfig::default(),
+            events: EventsConfig::default(),
+            admin: AdminConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            address: ([0, 0, 0, 0], 8080).into(),
+            path_prefix: "/ocpp".to_owned(),
+            subprotocols: OcppVersion::ALL.to_vec(),
+            fallback_subprotocol: Some(OcppVersion::V16),
+            max_message_size: 64 * 1024,
+            read_buffer_size: 4 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_charge_point_id_length: 48,
+            max_connections: 19_000,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(30),
+            call_queue_size: 8,
+            inbound_queue_size: 4,
+            ping_interval: Duration::from_secs(60),
+            pong_timeout: Duration::from_secs(30),
+            bad_message_limit: 10,
+        }
+    }
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            accept_timestamps_without_zone: true,
+        }
+    }
+}
+
+impl Default for ResponderConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(300),
+            authorize: AuthorizePolicy::AcceptAll,
+            allowed_id_tags: Vec::new(),
+        }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            output: EventOutput::Stdout,
+            file: None,
+            ring_size: 1000,
+            queue_capacity: 4096,
+            durable_actions: [
+                "BootNotification",
+                "StatusNotification",
+                "StartTransaction",
+                "StopTransaction",
+                "MeterValues",
+                "TransactionEvent",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            address: ([0, 0, 0, 0], 8081).into(),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_time: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is well-typed but not usable.
+    #[error("invalid configuration: option `{option}`: {reason}")]
+    Invalid {
+        /// The dotted option name, e.g. `listener.path_prefix`.
+        option: &'static str,
+        /// Why the value cannot be used.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads the layered configuration for `cli`.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &cli.config {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    option: "--config",
+                    reason: format!("file {} does not exist", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment
+            .merge(Env::prefixed("CPGW_").split("__"))
+            .merge(Serialized::defaults(cli.overrides()));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that are well-typed but unusable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |option, reason: &str| {
+            Err(ConfigError::Invalid {
+                option,
+                reason: reason.to_owned(),
+            })
+        };
+        let listener = &self.listener;
+        if !listener.path_prefix.starts_with('/') || listener.path_prefix.ends_with('/') && listener.path_prefix.len() > 1 {
+            return invalid(
+                "listener.path_prefix",
+                "must start with `/` and not end with `/` (e.g. `/ocpp`)",
+            );
+        }
+        if listener.subprotocols.is_empty() {
+            return invalid("listener.subprotocols", "must name at least one OCPP version");
+        }
+        let mut unique = listener.subprotocols.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != listener.subprotocols.len() {
+            return invalid("listener.subprotocols", "lists a version twice");
+        }
+        if let Some(fallback) = listener.fallback_subprotocol {
+            if !listener.subprotocols.contains(&fallback) {
+                return invalid(
+                    "listener.fallback_subprotocol",
+                    "must be one of listener.subprotocols (or \"none\")",
+                );
+            }
+        }
+        if !(256..=16 * 1024 * 1024).contains(&listener.max_message_size) {
+            return invalid("listener.max_message_size", "must be between 256 and 16777216 bytes");
+        }
+        if !(1024..=1024 * 1024).contains(&listener.read_buffer_size) {
+            return invalid("listener.read_buffer_size", "must be between 1024 and 1048576 bytes");
+        }
+        if listener.handshake_timeout.is_zero() {
+            return invalid("listener.handshake_timeout", "must be greater than zero");
+        }
+        if !(1..=1000).contains(&listener.max_charge_point_id_length) {
+            return invalid("listener.max_charge_point_id_length", "must be between 1 and 1000");
+        }
+        if listener.max_connections == 0 {
+            return invalid("listener.max_connections", "must be at least 1");
+        }
+        let session = &self.session;
+        if session.call_timeout.is_zero() {
+            return invalid("session.call_timeout", "must be greater than zero");
+        }
+        if !(1..=1024).contains(&session.call_queue_size) {
+            return invalid("session.call_queue_size", "must be between 1 and 1024");
+        }
+        if !(1..=1024).contains(&session.inbound_queue_size) {
+            return invalid("session.inbound_queue_size", "must be between 1 and 1024");
+        }
+        if !session.ping_interval.is_zero() && session.pong_timeout.is_zero() {
+            return invalid("session.pong_timeout", "must be greater than zero while pings are on");
+        }
+        if session.bad_message_limit == 0 {
+            return invalid("session.bad_message_limit", "must be at least 1");
+        }
+        if self.responder.heartbeat_interval.as_secs() == 0
+            || self.responder.heartbeat_interval.as_secs() > i32::MAX as u64
+        {
+            return invalid("responder.heartbeat_interval", "must be at least 1s");
+        }
+        if self.events.output == EventOutput::File && self.events.file.is_none() {
+            return invalid("events.file", "is required when events.output = \"file\"");
+        }
+        if self.events.ring_size == 0 {
+            return invalid("events.ring_size", "must be at least 1");
+        }
+        if self.events.queue_capacity == 0 {
+            return invalid("events.queue_capacity", "must be at least 1");
+        }
+        if self.node_id.is_empty() {
+            return invalid("node_id", "must not be empty");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::Invalid {
+                option: "log.level",
+                reason: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `Option<OcppVersion>` written as a subprotocol name, or `"none"`.
+mod optional_version {
+    use ocpp::OcppVersion;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<OcppVersion>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value.map_or("none", OcppVersion::subprotocol))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OcppVersion>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() || text.eq_ignore_ascii_case("none") {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn fallback_must_be_supported() {
+        let mut config = Config::default();
+        config.listener.subprotocols = vec![OcppVersion::V201];
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("listener.fallback_subprotocol"), "{err}");
+    }
+
+    #[test]
+    fn toml_and_env_layers_name_the_bad_option() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gw.toml",
+                "[listener]\nmax_message_size = 2048\n[session]\ncall_timeout = \"5s\"\n",
+            )?;
+            jail.set_env("CPGW_SESSION__CALL_QUEUE_SIZE", "3");
+            let cli = Cli::for_config("gw.toml");
+            let config = Config::load(&cli).expect("loads");
+            assert_eq!(config.listener.max_message_size, 2048);
+            assert_eq!(config.session.call_timeout, Duration::from_secs(5));
+            assert_eq!(config.session.call_queue_size, 3);
+
+            jail.set_env("CPGW_SESSION__CALL_TIMEOUT", "soon");
+            let err = Config::load(&cli).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("call_timeout"), "{err}");
+
+            jail.set_env("CPGW_SESSION__CALL_TIMEOUT", "5s");
+            jail.set_env("CPGW_LISTENER__SUBPROTOCOLS", "[ocpp3.0]");
+            let err = Config::load(&cli).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("subprotocols"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("gw.toml", "[listener]\nadress = \"0.0.0.0:1\"\n")?;
+            let err = Config::load(&Cli::for_config("gw.toml")).unwrap_err().to_string();
+            assert!(err.contains("adress"), "{err}");
+            Ok(())
+        });
+    }
+}

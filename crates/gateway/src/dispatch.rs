@@ -1,0 +1,179 @@
+//! What happens to one CALL from a charge point: validate, record, answer.
+
+use std::sync::Arc;
+
+use ocpp::{
+    catalogue, frame, ErrorCode, MessageType, OcppVersion, PayloadKind, Violation,
+};
+use serde_json::{json, value::RawValue, Value};
+use tracing::{debug, warn};
+
+use crate::{
+    event::{Event, EventData, MessageData, MESSAGE_RECEIVED},
+    gateway::Shared,
+    session::ConnectionInfo,
+};
+
+/// Most violations listed in a CALLERROR's details.
+const MAX_VIOLATIONS_IN_DETAILS: usize = 10;
+
+/// A CALL read from the socket, waiting to be processed.
+pub struct InboundCall {
+    /// The charge point's message id.
+    pub message_id: String,
+    /// The action.
+    pub action: String,
+    /// The payload exactly as received.
+    pub payload: Box<RawValue>,
+}
+
+/// The reply frame to send and whether the CALL counted as a bad message.
+pub struct CallReply {
+    /// The CALLRESULT or CALLERROR text frame.
+    pub frame: String,
+    /// Whether the CALL was malformed or invalid (counts toward the bad-message limit).
+    pub bad_message: bool,
+}
+
+impl CallReply {
+    fn error(message_id: &str, version: OcppVersion, code: ErrorCode, description: &str, details: &Value) -> CallReply {
+        CallReply {
+            frame: frame::encode_call_error(message_id, code, version, description, details),
+            bad_message: true,
+        }
+    }
+}
+
+/// Processes one CALL and returns the frame that answers it.
+pub async fn handle_call(shared: Arc<Shared>, info: Arc<ConnectionInfo>, call: InboundCall) -> CallReply {
+    let version = info.version;
+    let InboundCall {
+        message_id,
+        action,
+        payload,
+    } = call;
+    match catalogue::initiator(version, &action) {
+        None => {
+            debug!(%message_id, %action, "unknown action");
+            return CallReply::error(
+                &message_id,
+                version,
+                ErrorCode::NotImplemented,
+                &format!("action {action} is not defined in {version}"),
+                &json!({}),
+            );
+        }
+        Some(initiator) if !initiator.charge_point_may_send() => {
+            return CallReply::error(
+                &message_id,
+                version,
+                ErrorCode::NotSupported,
+                &format!("{action} is sent by the CSMS, not by charge points"),
+                &json!({}),
+            );
+        }
+        Some(_) => {}
+    }
+
+    let request: Value = match serde_json::from_str(payload.get()) {
+        Ok(value) => value,
+        Err(e) => {
+            return CallReply::error(&message_id, version, ErrorCode::FormatViolation, &e.to_string(), &json!({}))
+        }
+    };
+    match shared.schemas.validate(version, &action, PayloadKind::Request, &request) {
+        Some(Ok(_validated)) => {}
+        Some(Err(violation)) => {
+            warn!(%message_id, %action, error = %violation, "CALL payload failed validation");
+            return CallReply::error(
+                &message_id,
+                version,
+                violation.code,
+                &violation.description,
+                &violation_details(&violation),
+            );
+        }
+        None => {
+            return CallReply::error(
+                &message_id,
+                version,
+                ErrorCode::NotImplemented,
+                &format!("action {action} has no schema in {version}"),
+                &json!({}),
+            )
+        }
+    }
+
+    let mut data = MessageData::new(
+        version,
+        MessageType::Call,
+        &message_id,
+        Some(action.clone()),
+        &info.connection_id,
+        &shared.config.node_id,
+    );
+    data.payload = Some(payload);
+    let event = Event::new(
+        &shared.config.node_id,
+        MESSAGE_RECEIVED,
+        &info.charge_point_id,
+        EventData::Message(data),
+    );
+    let durable = shared.is_durable(&action);
+    let delivered = match shared.publish(event).await {
+        Ok(delivery) if durable => delivery.await,
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = delivered {
+        warn!(%message_id, %action, error = %e, durable, "event not stored");
+        if durable {
+            return CallReply {
+                frame: frame::encode_call_error(
+                    &message_id,
+                    ErrorCode::InternalError,
+                    version,
+                    "the event could not be stored; retry later",
+                    &json!({}),
+                ),
+                bad_message: false,
+            };
+        }
+    }
+
+    match shared.responder.answer(version, &action, &request) {
+        Ok(response) => {
+            let text = response.to_string();
+            match RawValue::from_string(text) {
+                Ok(raw) => CallReply {
+                    frame: frame::encode_call_result(&message_id, &raw),
+                    bad_message: false,
+                },
+                Err(e) => CallReply {
+                    frame: frame::encode_call_error(
+                        &message_id,
+                        ErrorCode::InternalError,
+                        version,
+                        &e.to_string(),
+                        &json!({}),
+                    ),
+                    bad_message: false,
+                },
+            }
+        }
+        Err(refusal) => CallReply {
+            frame: frame::encode_call_error(&message_id, refusal.code, version, &refusal.description, &json!({})),
+            bad_message: false,
+        },
+    }
+}
+
+/// The `errorDetails` of a validation CALLERROR: where and what, for the first few.
+pub fn violation_details(violation: &Violation) -> Value {
+    let listed: Vec<_> = violation
+        .details
+        .iter()
+        .take(MAX_VIOLATIONS_IN_DETAILS)
+        .collect();
+    json!({ "violations": listed })
+}

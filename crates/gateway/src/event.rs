@@ -1,0 +1,164 @@
+//! Event records: CloudEvents 1.0 (structured JSON mode) describing what charge points
+//! say and when they connect or disconnect. See docs/events.md.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use ocpp::{MessageType, OcppVersion};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// CloudEvents `type` of an inbound OCPP message.
+pub const MESSAGE_RECEIVED: &str = "chargepointgateway.message.received";
+/// CloudEvents `type` of a charge point connecting.
+pub const CONNECTION_OPENED: &str = "chargepointgateway.connection.opened";
+/// CloudEvents `type` of a charge point disconnecting.
+pub const CONNECTION_CLOSED: &str = "chargepointgateway.connection.closed";
+
+/// One event record, serialised as a CloudEvents 1.0 JSON object.
+#[derive(Debug, Serialize)]
+pub struct Event {
+    /// Always `1.0`.
+    pub specversion: &'static str,
+    /// Unique id of this event (UUIDv7, time-ordered).
+    pub id: String,
+    /// `/charge-point-gateway/{node_id}`.
+    pub source: String,
+    /// One of [`MESSAGE_RECEIVED`], [`CONNECTION_OPENED`], [`CONNECTION_CLOSED`].
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    /// The charge point id (also the Kafka key).
+    pub subject: String,
+    /// When the gateway observed what the event describes.
+    pub time: DateTime<Utc>,
+    /// Always `application/json`.
+    pub datacontenttype: &'static str,
+    /// The event body.
+    pub data: EventData,
+}
+
+/// The `data` of an event, by type.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EventData {
+    /// An OCPP message received from the charge point.
+    Message(MessageData),
+    /// The charge point connected.
+    Opened(OpenedData),
+    /// The charge point disconnected.
+    Closed(ClosedData),
+}
+
+/// An OCPP message received from a charge point.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageData {
+    /// The connection's OCPP version.
+    pub ocpp_version: OcppVersion,
+    /// `call`, `callResult`, `callError`, `callResultError` or `send`.
+    pub message_type: &'static str,
+    /// The message id as the charge point sent it.
+    pub message_id: String,
+    /// The OCPP action; for responses, the action of the gateway's CALL they answer
+    /// (`null` for a response to no known CALL).
+    pub action: Option<String>,
+    /// The payload exactly as received (CALL, CALLRESULT, SEND).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Box<RawValue>>,
+    /// Error code (CALLERROR, CALLRESULTERROR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Error description (CALLERROR, CALLRESULTERROR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+    /// Error details exactly as received (CALLERROR, CALLRESULTERROR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_details: Option<Box<RawValue>>,
+    /// When the frame was read.
+    pub received_at: DateTime<Utc>,
+    /// The connection the message arrived on.
+    pub connection_id: String,
+    /// The gateway instance that received it.
+    pub gateway_node: String,
+}
+
+/// A charge point connected.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenedData {
+    /// The negotiated OCPP version.
+    pub ocpp_version: OcppVersion,
+    /// Whether the version came from the fallback because no subprotocol was offered.
+    pub subprotocol_fallback: bool,
+    /// The peer's address.
+    pub peer_address: SocketAddr,
+    /// The new connection's id.
+    pub connection_id: String,
+    /// The gateway instance that holds the connection.
+    pub gateway_node: String,
+}
+
+/// A charge point disconnected.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClosedData {
+    /// The connection's OCPP version.
+    pub ocpp_version: OcppVersion,
+    /// Why the connection ended (closed set, see docs/events.md).
+    pub reason: &'static str,
+    /// The WebSocket close code sent or received, if any.
+    pub close_code: Option<u16>,
+    /// How long the connection lasted, in seconds.
+    pub duration_seconds: f64,
+    /// The connection's id.
+    pub connection_id: String,
+    /// The gateway instance that held the connection.
+    pub gateway_node: String,
+}
+
+impl Event {
+    /// A new event of `event_type` about charge point `subject`.
+    pub fn new(node_id: &str, event_type: &'static str, subject: &str, data: EventData) -> Event {
+        Event {
+            specversion: "1.0",
+            id: uuid::Uuid::now_v7().to_string(),
+            source: format!("/charge-point-gateway/{node_id}"),
+            event_type,
+            subject: subject.to_owned(),
+            time: Utc::now(),
+            datacontenttype: "application/json",
+            data,
+        }
+    }
+
+    /// The charge point the event is about.
+    pub fn charge_point_id(&self) -> &str {
+        &self.subject
+    }
+}
+
+impl MessageData {
+    /// Data for a message of `message_type` with the given fields; error fields unset.
+    pub fn new(
+        version: OcppVersion,
+        message_type: MessageType,
+        message_id: &str,
+        action: Option<String>,
+        connection_id: &str,
+        gateway_node: &str,
+    ) -> MessageData {
+        MessageData {
+            ocpp_version: version,
+            message_type: message_type.as_str(),
+            message_id: message_id.to_owned(),
+            action,
+            payload: None,
+            error_code: None,
+            error_description: None,
+            error_details: None,
+            received_at: Utc::now(),
+            connection_id: connection_id.to_owned(),
+            gateway_node: gateway_node.to_owned(),
+        }
+    }
+}

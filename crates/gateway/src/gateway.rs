@@ -1,0 +1,377 @@
+//! The gateway as a whole: shared state, start-up, the accept loop and graceful shutdown.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use ocpp::{Leniency, SchemaSet};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
+use tokio_tungstenite::tungstenite::{
+    handshake::server::{ErrorResponse, Request, Response},
+    http::HeaderValue,
+    protocol::WebSocketConfig,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::{
+    admin,
+    config::{Config, EventOutput},
+    event::Event,
+    handshake::{Accepted, HandshakePolicy, Refusal},
+    registry::Registry,
+    responder::LocalResponder,
+    session::{self, ConnectionInfo, SessionHandle},
+    sink::{
+        embedded::{EmbeddedSink, Output},
+        ring::EventRing,
+        ComponentHealth, Delivery, EventSink, SinkError,
+    },
+};
+
+/// How long shutdown waits for sessions beyond the drain time before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// State every part of the gateway shares.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Config,
+    /// Compiled OCPP schemas.
+    pub schemas: SchemaSet,
+    /// The local responder.
+    pub responder: LocalResponder,
+    /// Where events go.
+    pub sink: Arc<dyn EventSink>,
+    /// The most recent events.
+    pub ring: EventRing,
+    /// Live sessions.
+    pub registry: Registry,
+    /// Whether the OCPP listener is accepting.
+    pub listening: AtomicBool,
+    /// Whether shutdown has begun.
+    pub draining: AtomicBool,
+    durable_actions: HashSet<String>,
+}
+
+impl Shared {
+    /// Whether `action`'s CALLRESULT waits for its event to be durable.
+    pub fn is_durable(&self, action: &str) -> bool {
+        self.durable_actions.contains(action)
+    }
+
+    /// Records `event` in the ring and submits it to the sink (waiting for room).
+    pub async fn publish(&self, event: Event) -> Result<Delivery, SinkError> {
+        let event = Arc::new(event);
+        self.ring.push(event.clone());
+        self.sink.submit(event).await
+    }
+
+    /// Publishes an event nobody waits on; a failure is logged.
+    pub async fn publish_quietly(&self, event: Event) {
+        if let Err(e) = self.publish(event).await {
+            warn!(error = %e, "event not stored");
+        }
+    }
+
+    /// Whether the gateway should receive traffic, and why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("shutting down".to_owned());
+        }
+        if !self.listening.load(Ordering::Relaxed) {
+            return Err("OCPP listener not bound".to_owned());
+        }
+        let sink = self.sink.health();
+        if sink.status == "down" {
+            return Err(format!("event sink down: {}", sink.detail.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    /// The event sink's state.
+    pub fn sink_health(&self) -> ComponentHealth {
+        self.sink.health()
+    }
+}
+
+/// A gateway whose listeners are bound, ready to run.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    ocpp_listener: TcpListener,
+    admin_listener: TcpListener,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {address} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The configured address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The event output could not be opened.
+    #[error("cannot open the event output: {0}")]
+    EventOutput(std::io::Error),
+    /// The embedded schemas did not compile (a build defect).
+    #[error(transparent)]
+    Schemas(#[from] ocpp::validate::SchemaCompileError),
+}
+
+impl Gateway {
+    /// Compiles schemas, opens the event sink and binds both listeners.
+    pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        let schemas = SchemaSet::compile(Leniency {
+            timestamps_without_zone: config.validation.accept_timestamps_without_zone,
+        })?;
+        let output = match config.events.output {
+            EventOutput::Stdout => Output::Stdout,
+            EventOutput::File => Output::File(config.events.file.clone().unwrap_or_default()),
+            EventOutput::None => Output::Discard,
+        };
+        let sink = EmbeddedSink::start(output, config.events.queue_capacity)
+            .await
+            .map_err(StartError::EventOutput)?;
+        let ocpp_listener = bind("OCPP listener", config.listener.address).await?;
+        let admin_listener = bind("admin API", config.admin.address).await?;
+        let shared = Arc::new(Shared {
+            schemas,
+            responder: LocalResponder::new(&config.responder),
+            sink: Arc::new(sink),
+            ring: EventRing::new(config.events.ring_size),
+            registry: Registry::default(),
+            listening: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            durable_actions: config.events.durable_actions.iter().cloned().collect(),
+            config,
+        });
+        Ok(Gateway {
+            shared,
+            ocpp_listener,
+            admin_listener,
+        })
+    }
+
+    /// The bound OCPP listener address.
+    pub fn ocpp_address(&self) -> SocketAddr {
+        self.ocpp_listener
+            .local_addr()
+            .unwrap_or(self.shared.config.listener.address)
+    }
+
+    /// The bound admin API address.
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.shared.config.admin.address)
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: readiness goes false, no new
+    /// connections, open ones closed with 1001 spread over the drain time, events flushed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Gateway {
+            shared,
+            ocpp_listener,
+            admin_listener,
+        } = self;
+        info!(address = %ocpp_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ocpp listener bound");
+        info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener bound");
+
+        let stop_accepting = CancellationToken::new();
+        let stop_admin = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        shared.listening.store(true, Ordering::Relaxed);
+
+        let admin_task = tokio::spawn({
+            let router = admin::router(shared.clone());
+            let stop_admin = stop_admin.clone();
+            async move {
+                let served = axum::serve(admin_listener, router)
+                    .with_graceful_shutdown(async move { stop_admin.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    error!(error = %e, "admin API failed");
+                }
+            }
+        });
+        let accept_task = tokio::spawn(accept_loop(
+            ocpp_listener,
+            shared.clone(),
+            sessions.clone(),
+            stop_accepting.clone(),
+        ));
+
+        shutdown.await;
+        info!("shutdown requested; draining");
+        shared.draining.store(true, Ordering::Relaxed);
+        stop_accepting.cancel();
+        let _ = accept_task.await;
+        shared.listening.store(false, Ordering::Relaxed);
+        sessions.close();
+        drain_sessions(&shared).await;
+        if tokio::time::timeout(shared.config.shutdown.drain_time + SHUTDOWN_GRACE, sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!(remaining = sessions.len(), "sessions still open after the drain time");
+        }
+        shared.sink.flush().await;
+        stop_admin.cancel();
+        let _ = admin_task.await;
+        info!("shutdown complete");
+    }
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address).await.map_err(|source| StartError::Bind {
+        what,
+        address,
+        source,
+    })
+}
+
+/// Closes every session with 1001, spread evenly over the drain time so that the
+/// reconnecting fleet does not hit the other instances all at once.
+async fn drain_sessions(shared: &Shared) {
+    let handles = shared.registry.all();
+    if handles.is_empty() {
+        return;
+    }
+    let drain = shared.config.shutdown.drain_time;
+    let step = drain / handles.len() as u32;
+    let start = Instant::now();
+    info!(connections = handles.len(), drain_seconds = drain.as_secs_f64(), "closing connections");
+    for (i, handle) in handles.iter().enumerate() {
+        tokio::time::sleep_until(start + step * i as u32).await;
+        handle.close(1001, "gateway_shutdown");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    sessions: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                sessions.spawn(async move { serve_connection(stream, peer, shared).await });
+            }
+            Err(e) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let listener_config = &shared.config.listener;
+    let policy = HandshakePolicy {
+        path_prefix: listener_config.path_prefix.clone(),
+        supported: listener_config.subprotocols.clone(),
+        fallback: listener_config.fallback_subprotocol,
+        max_id_length: listener_config.max_charge_point_id_length,
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(listener_config.read_buffer_size)
+        .write_buffer_size(0)
+        .max_message_size(Some(listener_config.max_message_size))
+        .max_frame_size(Some(listener_config.max_message_size));
+
+    let mut decision: Option<Result<Accepted, Refusal>> = None;
+    let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+        let verdict = if shared.draining.load(Ordering::Relaxed) {
+            Err(Refusal::ShuttingDown)
+        } else if shared.registry.len() >= listener_config.max_connections {
+            Err(Refusal::AtCapacity)
+        } else {
+            policy.negotiate(request)
+        };
+        let result = match &verdict {
+            Ok(accepted) => {
+                if !accepted.fallback {
+                    response.headers_mut().insert(
+                        tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
+                        HeaderValue::from_static(accepted.version.subprotocol()),
+                    );
+                }
+                Ok(response)
+            }
+            Err(refusal) => Err(refusal.to_response()),
+        };
+        decision = Some(verdict);
+        result
+    };
+    let upgrade = tokio::time::timeout(
+        listener_config.handshake_timeout,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)),
+    )
+    .await;
+    let ws = match upgrade {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            match decision {
+                Some(Err(refusal)) => {
+                    info!(%peer, reason = refusal.label(), error = %refusal, "connection refused")
+                }
+                _ => debug!(%peer, error = %e, "WebSocket handshake failed"),
+            }
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "WebSocket handshake timed out");
+            return;
+        }
+    };
+    let Some(Ok(accepted)) = decision else {
+        return;
+    };
+
+    let info = Arc::new(ConnectionInfo::new(accepted.charge_point_id, accepted.version, peer));
+    let (handle, end) = SessionHandle::new(info.clone(), shared.config.session.call_queue_size);
+    let span = info_span!(
+        "session",
+        charge_point_id = %info.charge_point_id,
+        connection_id = %info.connection_id
+    );
+    if let Some(previous) = shared.registry.insert(handle) {
+        span.in_scope(|| {
+            info!(previous_connection_id = %previous.info.connection_id, "replacing the previous connection of this charge point")
+        });
+        previous.close(1000, "replaced_by_new_connection");
+    }
+    session::run(ws, shared.clone(), info.clone(), end, accepted.fallback)
+        .instrument(span)
+        .await;
+    shared
+        .registry
+        .remove(&info.charge_point_id, &info.connection_id);
+}

@@ -1,0 +1,24 @@
+//! charge-point-gateway: holds the WebSocket connections of EV charge points (OCPP-J 1.6,
+//! 2.0.1, 2.1), turns what they say into event records, answers them (locally or for a
+//! backend), and delivers the backend's commands to the right charge point.
+//!
+//! The binary is a thin shell over [`Gateway`]: [`Gateway::bind`] then [`Gateway::run`].
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod dispatch;
+pub mod event;
+pub mod gateway;
+pub mod handshake;
+pub mod registry;
+pub mod responder;
+pub mod session;
+pub mod sink;
+pub mod telemetry;
+
+pub use config::Config;
+pub use gateway::{Gateway, Shared, StartError};

@@ -1,0 +1,244 @@
+//! The session API: how the rest of the gateway talks to one charge point's connection.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use ocpp::OcppVersion;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+/// What is known about one live connection.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// The charge point id (percent-decoded).
+    pub charge_point_id: String,
+    /// Unique id of this connection (a reconnect gets a new one).
+    pub connection_id: String,
+    /// The negotiated OCPP version.
+    pub version: OcppVersion,
+    /// The peer's address.
+    pub peer_address: SocketAddr,
+    /// When the WebSocket handshake completed.
+    pub connected_at: DateTime<Utc>,
+    last_message_at_ms: AtomicI64,
+    pending_call: Mutex<Option<PendingCallInfo>>,
+}
+
+/// The gateway's CALL currently waiting for the charge point's response.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCallInfo {
+    /// The CALL's message id.
+    pub message_id: String,
+    /// The CALL's action.
+    pub action: String,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+}
+
+impl ConnectionInfo {
+    /// Info for a connection that has just completed its handshake.
+    pub fn new(charge_point_id: String, version: OcppVersion, peer_address: SocketAddr) -> Self {
+        ConnectionInfo {
+            charge_point_id,
+            connection_id: uuid::Uuid::now_v7().to_string(),
+            version,
+            peer_address,
+            connected_at: Utc::now(),
+            last_message_at_ms: AtomicI64::new(0),
+            pending_call: Mutex::new(None),
+        }
+    }
+
+    /// Records that a message arrived now.
+    pub fn touch(&self) {
+        self.last_message_at_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// When the last message arrived, if any has.
+    pub fn last_message_at(&self) -> Option<DateTime<Utc>> {
+        match self.last_message_at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(ms),
+        }
+    }
+
+    /// The gateway's CALL in flight, if any.
+    pub fn pending_call(&self) -> Option<PendingCallInfo> {
+        self.pending_call
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_pending_call(&self, pending: Option<PendingCallInfo>) {
+        *self.pending_call.lock().unwrap_or_else(|e| e.into_inner()) = pending;
+    }
+}
+
+/// How a gateway-initiated CALL ended.
+#[derive(Debug, Clone)]
+pub enum CallOutcome {
+    /// The charge point answered with a valid CALLRESULT.
+    Completed(Box<RawValue>),
+    /// The charge point answered with a CALLERROR, or with a CALLRESULT that failed
+    /// validation (then `origin` is [`ErrorOrigin::Gateway`]).
+    CallError(CallErrorInfo),
+    /// No response arrived in time.
+    Timeout,
+    /// The charge point is not connected (or disconnected before answering).
+    NotConnected,
+    /// The charge point's call queue is full; try again later.
+    QueueFull,
+}
+
+impl CallOutcome {
+    /// The outcome's name in API responses and command results.
+    pub fn status(&self) -> &'static str {
+        match self {
+            CallOutcome::Completed(_) => "completed",
+            CallOutcome::CallError(_) => "callError",
+            CallOutcome::Timeout => "timeout",
+            CallOutcome::NotConnected => "notConnected",
+            CallOutcome::QueueFull => "queueFull",
+        }
+    }
+}
+
+/// Who produced a call error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorOrigin {
+    /// The charge point sent a CALLERROR.
+    ChargePoint,
+    /// The gateway rejected the charge point's CALLRESULT (schema violation).
+    Gateway,
+}
+
+/// A CALLERROR, or a response the gateway rejected.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallErrorInfo {
+    /// The error code.
+    pub code: String,
+    /// The description.
+    pub description: String,
+    /// The details object.
+    pub details: serde_json::Value,
+    /// Who produced the error.
+    pub origin: ErrorOrigin,
+}
+
+/// A CALL waiting to be sent to the charge point.
+pub(crate) struct OutboundCall {
+    pub action: String,
+    pub payload: Box<RawValue>,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<CallOutcome>,
+}
+
+/// Why the gateway closes a connection on its own initiative.
+#[derive(Debug, Clone, Copy)]
+pub struct CloseRequest {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Reason label (closed set, used in events and logs).
+    pub reason: &'static str,
+}
+
+/// A cloneable handle to one live session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    /// The connection's details.
+    pub info: Arc<ConnectionInfo>,
+    calls: mpsc::Sender<OutboundCall>,
+    close_token: CancellationToken,
+    close_request: Arc<Mutex<Option<CloseRequest>>>,
+}
+
+/// The session's side of a [`SessionHandle`].
+pub(crate) struct SessionEnd {
+    pub calls: mpsc::Receiver<OutboundCall>,
+    pub close_token: CancellationToken,
+    close_request: Arc<Mutex<Option<CloseRequest>>>,
+}
+
+impl SessionEnd {
+    /// The close request that cancelled the token.
+    pub fn close_request(&self) -> CloseRequest {
+        self.close_request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(CloseRequest {
+                code: 1001,
+                reason: "closed_by_gateway",
+            })
+    }
+}
+
+impl SessionHandle {
+    /// A handle and the session's end of it; `queue_size` calls may wait.
+    pub(crate) fn new(info: Arc<ConnectionInfo>, queue_size: usize) -> (SessionHandle, SessionEnd) {
+        let (calls_tx, calls_rx) = mpsc::channel(queue_size);
+        let close_token = CancellationToken::new();
+        let close_request = Arc::new(Mutex::new(None));
+        (
+            SessionHandle {
+                info,
+                calls: calls_tx,
+                close_token: close_token.clone(),
+                close_request: close_request.clone(),
+            },
+            SessionEnd {
+                calls: calls_rx,
+                close_token,
+                close_request,
+            },
+        )
+    }
+
+    /// Sends a CALL to the charge point and waits for its outcome, at most `timeout`
+    /// (counted from now, including time spent waiting behind earlier calls).
+    ///
+    /// The payload must already be valid for the connection's version.
+    pub async fn call(&self, action: &str, payload: Box<RawValue>, timeout: Duration) -> CallOutcome {
+        let (reply, outcome) = oneshot::channel();
+        let call = OutboundCall {
+            action: action.to_owned(),
+            payload,
+            deadline: Instant::now() + timeout,
+            reply,
+        };
+        match self.calls.try_send(call) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return CallOutcome::QueueFull,
+            Err(mpsc::error::TrySendError::Closed(_)) => return CallOutcome::NotConnected,
+        }
+        // The session answers every call by its deadline; a dropped sender means the
+        // session ended first.
+        outcome.await.unwrap_or(CallOutcome::NotConnected)
+    }
+
+    /// Asks the session to close with `code` and `reason`; returns at once.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        let mut request = self.close_request.lock().unwrap_or_else(|e| e.into_inner());
+        if request.is_none() {
+            *request = Some(CloseRequest { code, reason });
+        }
+        drop(request);
+        self.close_token.cancel();
+    }
+}

@@ -1,0 +1,554 @@
+//! One task per connection: reads frames, answers the charge point's CALLs one at a time,
+//! sends the gateway's own CALLs one at a time, pings, and closes cleanly.
+//!
+//! OCPP-J allows one outstanding CALL per direction. CALLs the charge point sends while one
+//! is still being processed wait in a small queue (kept in order); when that queue is full
+//! the session stops reading the socket, so a slow event sink slows the charge point down
+//! through TCP instead of growing memory. The gateway's own CALLs wait in a bounded queue
+//! behind the one in flight.
+
+mod handle;
+
+use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use futures_util::{SinkExt, StreamExt};
+use ocpp::{
+    frame::{self, RpcError},
+    ErrorCode, Frame, MessageType, OcppVersion, PayloadKind,
+};
+use serde_json::{json, value::RawValue};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::{sleep_until, Instant},
+};
+use tokio_tungstenite::{
+    tungstenite::{
+        error::CapacityError,
+        protocol::{frame::coding::CloseCode, CloseFrame},
+        Error as WsError, Message,
+    },
+    WebSocketStream,
+};
+use tracing::{debug, info, warn};
+
+pub use handle::{
+    CallErrorInfo, CallOutcome, CloseRequest, ConnectionInfo, ErrorOrigin, PendingCallInfo, SessionHandle,
+};
+pub(crate) use handle::{OutboundCall, SessionEnd};
+
+use crate::{
+    dispatch::{self, CallReply, InboundCall},
+    event::{ClosedData, Event, EventData, MessageData, OpenedData, CONNECTION_CLOSED, CONNECTION_OPENED, MESSAGE_RECEIVED},
+    gateway::Shared,
+};
+
+/// How long the gateway waits for the peer's close frame after sending its own.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a session ended (closed set: events, logs, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndReason {
+    /// Label.
+    pub reason: &'static str,
+    /// Close code sent or received.
+    pub close_code: Option<u16>,
+}
+
+struct PendingOutbound {
+    message_id: String,
+    action: String,
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<CallOutcome>,
+}
+
+type ReplyFuture = Pin<Box<dyn Future<Output = CallReply> + Send>>;
+
+struct Session<S> {
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    info: Arc<ConnectionInfo>,
+    end: SessionEnd,
+    inbound_queue: VecDeque<InboundCall>,
+    in_flight: Option<(String, ReplyFuture)>,
+    outbound: Option<PendingOutbound>,
+    consecutive_bad: u32,
+    awaiting_pong_until: Option<Instant>,
+}
+
+/// Runs the session of an upgraded connection until it ends.
+pub(crate) async fn run<S>(
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    info: Arc<ConnectionInfo>,
+    end: SessionEnd,
+    fallback: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let opened = OpenedData {
+        ocpp_version: info.version,
+        subprotocol_fallback: fallback,
+        peer_address: info.peer_address,
+        connection_id: info.connection_id.clone(),
+        gateway_node: shared.config.node_id.clone(),
+    };
+    shared
+        .publish_quietly(Event::new(
+            &shared.config.node_id,
+            CONNECTION_OPENED,
+            &info.charge_point_id,
+            EventData::Opened(opened),
+        ))
+        .await;
+    info!(version = %info.version, peer = %info.peer_address, fallback, "charge point connected");
+
+    let mut session = Session {
+        ws,
+        shared: shared.clone(),
+        info: info.clone(),
+        end,
+        inbound_queue: VecDeque::new(),
+        in_flight: None,
+        outbound: None,
+        consecutive_bad: 0,
+        awaiting_pong_until: None,
+    };
+    let ended = session.run_loop().await;
+    session.fail_pending_calls();
+
+    let duration = (Utc::now() - info.connected_at).num_milliseconds() as f64 / 1000.0;
+    info!(reason = ended.reason, close_code = ?ended.close_code, duration_seconds = duration, "charge point disconnected");
+    let closed = ClosedData {
+        ocpp_version: info.version,
+        reason: ended.reason,
+        close_code: ended.close_code,
+        duration_seconds: duration,
+        connection_id: info.connection_id.clone(),
+        gateway_node: shared.config.node_id.clone(),
+    };
+    shared
+        .publish_quietly(Event::new(
+            &shared.config.node_id,
+            CONNECTION_CLOSED,
+            &info.charge_point_id,
+            EventData::Closed(closed),
+        ))
+        .await;
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    fn version(&self) -> OcppVersion {
+        self.info.version
+    }
+
+    async fn run_loop(&mut self) -> EndReason {
+        let session_config = self.shared.config.session.clone();
+        let pings_on = !session_config.ping_interval.is_zero();
+        let mut next_ping = Instant::now() + session_config.ping_interval;
+        loop {
+            let can_read = self.inbound_queue.len() < session_config.inbound_queue_size;
+            let outbound_deadline = self.outbound.as_ref().map(|o| o.deadline);
+            let ping_deadline = self.awaiting_pong_until.unwrap_or(next_ping);
+            let in_flight = &mut self.in_flight;
+            tokio::select! {
+                _ = self.end.close_token.cancelled() => {
+                    let request = self.end.close_request();
+                    return self.close(request.code, request.reason).await;
+                }
+                reply = async { match in_flight { Some((_, future)) => future.await, None => std::future::pending().await } } => {
+                    self.in_flight = None;
+                    if reply.bad_message {
+                        if let Some(ended) = self.count_bad_message().await { return ended; }
+                    } else {
+                        self.consecutive_bad = 0;
+                    }
+                    if let Err(ended) = self.send_text(reply.frame).await { return ended; }
+                    self.start_next_inbound();
+                }
+                message = self.ws.next(), if can_read => {
+                    if let Some(ended) = self.on_message(message).await { return ended; }
+                }
+                call = self.end.calls.recv(), if self.outbound.is_none() => {
+                    // The handle side never closes first while the session runs (the
+                    // registry holds a sender), so `None` only happens on shutdown races.
+                    let Some(call) = call else { continue };
+                    if let Err(ended) = self.send_call(call).await { return ended; }
+                }
+                _ = sleep_until(outbound_deadline.unwrap_or_else(Instant::now)), if outbound_deadline.is_some() => {
+                    if let Some(pending) = self.outbound.take() {
+                        warn!(message_id = %pending.message_id, action = %pending.action, "gateway CALL timed out");
+                        self.info.set_pending_call(None);
+                        let _ = pending.reply.send(CallOutcome::Timeout);
+                    }
+                }
+                _ = sleep_until(ping_deadline), if pings_on => {
+                    if self.awaiting_pong_until.is_some() {
+                        warn!("no pong within the deadline; closing dead connection");
+                        return EndReason { reason: "ping_timeout", close_code: None };
+                    }
+                    if let Err(ended) = self.send(Message::Ping(Default::default())).await { return ended; }
+                    self.awaiting_pong_until = Some(Instant::now() + session_config.pong_timeout);
+                    next_ping = Instant::now() + session_config.ping_interval;
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: Option<Result<Message, WsError>>) -> Option<EndReason> {
+        let message = match message {
+            None => {
+                return Some(EndReason {
+                    reason: "connection_lost",
+                    close_code: None,
+                })
+            }
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                warn!(size, max_size, "message over the size limit");
+                return Some(self.close(1009, "message_too_big").await);
+            }
+            Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                return Some(EndReason {
+                    reason: "connection_lost",
+                    close_code: None,
+                })
+            }
+            Some(Err(WsError::Protocol(e))) => {
+                warn!(error = %e, "WebSocket protocol violation");
+                return Some(self.close(1002, "websocket_protocol_error").await);
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "connection failed");
+                return Some(EndReason {
+                    reason: "connection_lost",
+                    close_code: None,
+                });
+            }
+        };
+        self.info.touch();
+        // Any traffic proves the peer alive; a pong is only the explicit proof.
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(_) => {
+                warn!("binary frame received; OCPP-J uses text frames only");
+                Some(self.close(1003, "binary_frame").await)
+            }
+            Message::Pong(_) => {
+                self.awaiting_pong_until = None;
+                None
+            }
+            Message::Ping(_) | Message::Frame(_) => None,
+            Message::Close(frame) => {
+                let close_code = frame.as_ref().map(|f| u16::from(f.code));
+                // tungstenite queues the close reply; drive it out until the stream ends.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                    while let Some(Ok(_)) = self.ws.next().await {}
+                })
+                .await;
+                Some(EndReason {
+                    reason: "closed_by_charge_point",
+                    close_code,
+                })
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<EndReason> {
+        let version = self.version();
+        let frame = match Frame::decode(text, version) {
+            Ok(frame) => frame,
+            Err(error) => {
+                warn!(error = %error, message_type = ?error.message_type, "invalid frame");
+                if error.warrants_reply() {
+                    if let Err(ended) = self.send_text(error.to_call_error(version)).await {
+                        return Some(ended);
+                    }
+                }
+                return self.count_bad_message().await;
+            }
+        };
+        match frame {
+            Frame::Call {
+                message_id,
+                action,
+                payload,
+            } => {
+                let duplicate = self.in_flight.as_ref().is_some_and(|(id, _)| *id == message_id)
+                    || self.inbound_queue.iter().any(|c| c.message_id == message_id);
+                if duplicate {
+                    warn!(%message_id, %action, "CALL reuses a message id that is still in flight");
+                    let reply = frame::encode_call_error(
+                        &message_id,
+                        ErrorCode::RpcFrameworkError,
+                        version,
+                        "message id is already in use by a CALL still being processed",
+                        &json!({}),
+                    );
+                    if let Err(ended) = self.send_text(reply).await {
+                        return Some(ended);
+                    }
+                    return self.count_bad_message().await;
+                }
+                self.inbound_queue.push_back(InboundCall {
+                    message_id,
+                    action,
+                    payload,
+                });
+                self.start_next_inbound();
+                None
+            }
+            Frame::CallResult {
+                message_id,
+                payload,
+            } => self.on_call_result(message_id, payload).await,
+            Frame::CallError(error) => {
+                self.on_call_error(error).await;
+                None
+            }
+            Frame::CallResultError(error) => {
+                warn!(message_id = %error.message_id, code = %error.error_code, description = %error.description,
+                    "charge point rejected a CALLRESULT of the gateway");
+                self.record_error_frame(MessageType::CallResultError, None, error).await;
+                None
+            }
+            Frame::Send {
+                message_id,
+                action,
+                payload,
+            } => {
+                self.on_send(message_id, action, payload).await;
+                None
+            }
+        }
+    }
+
+    fn start_next_inbound(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        if let Some(call) = self.inbound_queue.pop_front() {
+            let id = call.message_id.clone();
+            let future = dispatch::handle_call(self.shared.clone(), self.info.clone(), call);
+            self.in_flight = Some((id, Box::pin(future)));
+        }
+    }
+
+    async fn on_call_result(&mut self, message_id: String, payload: Box<RawValue>) -> Option<EndReason> {
+        let Some(pending) = self.take_outbound(&message_id) else {
+            warn!(%message_id, "CALLRESULT for no pending CALL (late or unknown)");
+            self.record_message(MessageType::CallResult, &message_id, None, Some(payload)).await;
+            return None;
+        };
+        let version = self.version();
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(payload.get());
+        let outcome = match parsed {
+            Err(e) => CallOutcome::CallError(CallErrorInfo {
+                code: ErrorCode::FormatViolation.as_str(version).to_owned(),
+                description: e.to_string(),
+                details: json!({}),
+                origin: ErrorOrigin::Gateway,
+            }),
+            Ok(value) => match self
+                .shared
+                .schemas
+                .validate(version, &pending.action, PayloadKind::Response, &value)
+            {
+                Some(Err(violation)) => {
+                    warn!(%message_id, action = %pending.action, error = %violation, "CALLRESULT failed validation");
+                    if version == OcppVersion::V21 {
+                        let frame = frame::encode_call_result_error(
+                            &message_id,
+                            violation.code,
+                            &violation.description,
+                            &dispatch::violation_details(&violation),
+                        );
+                        if let Err(ended) = self.send_text(frame).await {
+                            let _ = pending.reply.send(CallOutcome::NotConnected);
+                            return Some(ended);
+                        }
+                    }
+                    CallOutcome::CallError(CallErrorInfo {
+                        code: violation.code.as_str(version).to_owned(),
+                        description: violation.description.clone(),
+                        details: dispatch::violation_details(&violation),
+                        origin: ErrorOrigin::Gateway,
+                    })
+                }
+                _ => CallOutcome::Completed(payload.clone()),
+            },
+        };
+        self.record_message(MessageType::CallResult, &message_id, Some(pending.action.clone()), Some(payload))
+            .await;
+        let _ = pending.reply.send(outcome);
+        None
+    }
+
+    async fn on_call_error(&mut self, error: RpcError) {
+        let Some(pending) = self.take_outbound(&error.message_id) else {
+            warn!(message_id = %error.message_id, "CALLERROR for no pending CALL (late or unknown)");
+            self.record_error_frame(MessageType::CallError, None, error).await;
+            return;
+        };
+        let details = serde_json::from_str(error.details.get()).unwrap_or_else(|_| json!({}));
+        let outcome = CallOutcome::CallError(CallErrorInfo {
+            code: error.error_code.clone(),
+            description: error.description.clone(),
+            details,
+            origin: ErrorOrigin::ChargePoint,
+        });
+        self.record_error_frame(MessageType::CallError, Some(pending.action.clone()), error)
+            .await;
+        let _ = pending.reply.send(outcome);
+    }
+
+    async fn on_send(&mut self, message_id: String, action: String, payload: Box<RawValue>) {
+        let version = self.version();
+        let valid = serde_json::from_str(payload.get())
+            .ok()
+            .and_then(|value| {
+                self.shared
+                    .schemas
+                    .validate(version, &action, PayloadKind::Request, &value)
+            });
+        match valid {
+            Some(Ok(_)) => {
+                self.record_message(MessageType::Send, &message_id, Some(action), Some(payload))
+                    .await
+            }
+            Some(Err(violation)) => warn!(%message_id, %action, error = %violation, "SEND payload failed validation"),
+            None => warn!(%message_id, %action, "SEND of an unknown action"),
+        }
+    }
+
+    fn take_outbound(&mut self, message_id: &str) -> Option<PendingOutbound> {
+        if self.outbound.as_ref().is_some_and(|p| p.message_id == message_id) {
+            self.info.set_pending_call(None);
+            self.outbound.take()
+        } else {
+            None
+        }
+    }
+
+    async fn send_call(&mut self, call: OutboundCall) -> Result<(), EndReason> {
+        if call.deadline <= Instant::now() {
+            let _ = call.reply.send(CallOutcome::Timeout);
+            return Ok(());
+        }
+        let message_id = uuid::Uuid::new_v4().to_string();
+        let text = frame::encode_call(&message_id, &call.action, &call.payload);
+        debug!(%message_id, action = %call.action, "sending CALL");
+        self.info.set_pending_call(Some(PendingCallInfo {
+            message_id: message_id.clone(),
+            action: call.action.clone(),
+            sent_at: Utc::now(),
+        }));
+        self.outbound = Some(PendingOutbound {
+            message_id,
+            action: call.action,
+            deadline: call.deadline,
+            reply: call.reply,
+        });
+        self.send_text(text).await
+    }
+
+    async fn count_bad_message(&mut self) -> Option<EndReason> {
+        self.consecutive_bad += 1;
+        if self.consecutive_bad >= self.shared.config.session.bad_message_limit {
+            warn!(count = self.consecutive_bad, "too many consecutive bad messages; closing");
+            return Some(self.close(1008, "too_many_bad_messages").await);
+        }
+        None
+    }
+
+    async fn record_message(
+        &mut self,
+        message_type: MessageType,
+        message_id: &str,
+        action: Option<String>,
+        payload: Option<Box<RawValue>>,
+    ) {
+        let mut data = MessageData::new(
+            self.version(),
+            message_type,
+            message_id,
+            action,
+            &self.info.connection_id,
+            &self.shared.config.node_id,
+        );
+        data.payload = payload;
+        self.publish_message(data).await;
+    }
+
+    async fn record_error_frame(&mut self, message_type: MessageType, action: Option<String>, error: RpcError) {
+        let mut data = MessageData::new(
+            self.version(),
+            message_type,
+            &error.message_id,
+            action,
+            &self.info.connection_id,
+            &self.shared.config.node_id,
+        );
+        data.error_code = Some(error.error_code);
+        data.error_description = Some(error.description);
+        data.error_details = Some(error.details);
+        self.publish_message(data).await;
+    }
+
+    async fn publish_message(&mut self, data: MessageData) {
+        let event = Event::new(
+            &self.shared.config.node_id,
+            MESSAGE_RECEIVED,
+            &self.info.charge_point_id,
+            EventData::Message(data),
+        );
+        self.shared.publish_quietly(event).await;
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), EndReason> {
+        self.send(Message::text(text)).await
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), EndReason> {
+        self.ws.send(message).await.map_err(|e| {
+            debug!(error = %e, "write failed");
+            EndReason {
+                reason: "connection_lost",
+                close_code: None,
+            }
+        })
+    }
+
+    /// Sends a close frame and waits briefly for the peer's.
+    async fn close(&mut self, code: u16, reason: &'static str) -> EndReason {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        if self.ws.close(Some(frame)).await.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            })
+            .await;
+        }
+        EndReason {
+            reason,
+            close_code: Some(code),
+        }
+    }
+
+    /// Answers every call still waiting: the charge point is gone.
+    fn fail_pending_calls(&mut self) {
+        if let Some(pending) = self.outbound.take() {
+            let _ = pending.reply.send(CallOutcome::NotConnected);
+        }
+        self.info.set_pending_call(None);
+        self.end.calls.close();
+        while let Ok(call) = self.end.calls.try_recv() {
+            let _ = call.reply.send(CallOutcome::NotConnected);
+        }
+    }
+}
