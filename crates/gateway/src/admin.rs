@@ -94,6 +94,7 @@ fn connection_json(handle: &SessionHandle) -> Value {
         "connectedSince": info.connected_at,
         "lastMessageAt": info.last_message_at(),
         "pendingCall": info.pending_call(),
+        "queuedCalls": handle.queued_calls(),
     })
 }
 
@@ -112,13 +113,18 @@ async fn list_connections(
     };
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, format!("limit must be between 1 and {MAX_PAGE}"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        );
     }
     // One extra tells whether another page follows.
     let mut page = shared.registry.page(query.after.as_deref(), limit + 1);
     let more = page.len() > limit;
     page.truncate(limit);
-    let next_after = more.then(|| page.last().map(|h| h.info.charge_point_id.clone())).flatten();
+    let next_after = more
+        .then(|| page.last().map(|h| h.info.charge_point_id.clone()))
+        .flatten();
     Json(json!({
         "total": shared.registry.len(),
         "connections": page.iter().map(connection_json).collect::<Vec<_>>(),
@@ -130,7 +136,10 @@ async fn list_connections(
 async fn get_connection(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     match shared.registry.get(&id) {
         Some(handle) => Json(connection_json(&handle)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("charge point {id} is not connected")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("charge point {id} is not connected"),
+        ),
     }
 }
 
@@ -144,7 +153,10 @@ async fn disconnect(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -
             )
                 .into_response()
         }
-        None => error(StatusCode::NOT_FOUND, format!("charge point {id} is not connected")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("charge point {id} is not connected"),
+        ),
     }
 }
 
@@ -185,7 +197,8 @@ async fn send_command(
                 .into_response()
         }
     };
-    let outcome = commands::send_command(&shared, &id, &command.action, &command.payload, timeout).await;
+    let outcome =
+        commands::send_command(&shared, &id, &command.action, &command.payload, timeout).await;
     match outcome {
         Err(rejected) => {
             let violations = match &rejected {
@@ -201,8 +214,13 @@ async fn send_command(
         Ok(outcome) => {
             let status = outcome.status();
             let (code, body) = match outcome {
-                CallOutcome::Completed(response) => (StatusCode::OK, json!({ "status": status, "response": response })),
-                CallOutcome::CallError(error) => (StatusCode::OK, json!({ "status": status, "error": error })),
+                CallOutcome::Completed(response) => (
+                    StatusCode::OK,
+                    json!({ "status": status, "response": response }),
+                ),
+                CallOutcome::CallError(error) => {
+                    (StatusCode::OK, json!({ "status": status, "error": error }))
+                }
                 CallOutcome::Timeout => (
                     StatusCode::GATEWAY_TIMEOUT,
                     json!({ "status": status, "error": "the charge point did not answer in time" }),
@@ -237,7 +255,10 @@ async fn recent_events(
     };
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, format!("limit must be between 1 and {MAX_PAGE}"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        );
     }
     let events = shared.ring.recent(query.charge_point_id.as_deref(), limit);
     Json(json!({ "events": events })).into_response()

@@ -68,9 +68,10 @@ pub async fn send_command(
         }
         Some(_) => {}
     }
-    if let Some(Err(violation)) = shared
-        .schemas
-        .validate(version, action, PayloadKind::Request, payload)
+    if let Some(Err(violation)) =
+        shared
+            .schemas
+            .validate(version, action, PayloadKind::Request, payload)
     {
         return Err(CommandRejected::InvalidPayload {
             action: action.to_owned(),
@@ -78,10 +79,12 @@ pub async fn send_command(
             violations: violation.details,
         });
     }
-    let raw = RawValue::from_string(payload.to_string()).map_err(|_| CommandRejected::InvalidPayload {
-        action: action.to_owned(),
-        version,
-        violations: Vec::new(),
+    let raw = RawValue::from_string(payload.to_string()).map_err(|_| {
+        CommandRejected::InvalidPayload {
+            action: action.to_owned(),
+            version,
+            violations: Vec::new(),
+        }
     })?;
     let timeout = timeout.unwrap_or(shared.config.session.call_timeout);
     Ok(session.call(action, raw, timeout).await)

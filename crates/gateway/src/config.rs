@@ -341,14 +341,19 @@ impl Config {
             })
         };
         let listener = &self.listener;
-        if !listener.path_prefix.starts_with('/') || listener.path_prefix.ends_with('/') && listener.path_prefix.len() > 1 {
+        if !listener.path_prefix.starts_with('/')
+            || listener.path_prefix.ends_with('/') && listener.path_prefix.len() > 1
+        {
             return invalid(
                 "listener.path_prefix",
                 "must start with `/` and not end with `/` (e.g. `/ocpp`)",
             );
         }
         if listener.subprotocols.is_empty() {
-            return invalid("listener.subprotocols", "must name at least one OCPP version");
+            return invalid(
+                "listener.subprotocols",
+                "must name at least one OCPP version",
+            );
         }
         let mut unique = listener.subprotocols.clone();
         unique.sort();
@@ -365,16 +370,25 @@ impl Config {
             }
         }
         if !(256..=16 * 1024 * 1024).contains(&listener.max_message_size) {
-            return invalid("listener.max_message_size", "must be between 256 and 16777216 bytes");
+            return invalid(
+                "listener.max_message_size",
+                "must be between 256 and 16777216 bytes",
+            );
         }
         if !(1024..=1024 * 1024).contains(&listener.read_buffer_size) {
-            return invalid("listener.read_buffer_size", "must be between 1024 and 1048576 bytes");
+            return invalid(
+                "listener.read_buffer_size",
+                "must be between 1024 and 1048576 bytes",
+            );
         }
         if listener.handshake_timeout.is_zero() {
             return invalid("listener.handshake_timeout", "must be greater than zero");
         }
         if !(1..=1000).contains(&listener.max_charge_point_id_length) {
-            return invalid("listener.max_charge_point_id_length", "must be between 1 and 1000");
+            return invalid(
+                "listener.max_charge_point_id_length",
+                "must be between 1 and 1000",
+            );
         }
         if listener.max_connections == 0 {
             return invalid("listener.max_connections", "must be at least 1");
@@ -390,7 +404,10 @@ impl Config {
             return invalid("session.inbound_queue_size", "must be between 1 and 1024");
         }
         if !session.ping_interval.is_zero() && session.pong_timeout.is_zero() {
-            return invalid("session.pong_timeout", "must be greater than zero while pings are on");
+            return invalid(
+                "session.pong_timeout",
+                "must be greater than zero while pings are on",
+            );
         }
         if session.bad_message_limit == 0 {
             return invalid("session.bad_message_limit", "must be at least 1");
@@ -441,6 +458,8 @@ mod optional_version {
 }
 
 #[cfg(test)]
+// figment::Jail's closures must return figment's (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -487,7 +506,9 @@ mod tests {
     fn unknown_keys_are_rejected() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gw.toml", "[listener]\nadress = \"0.0.0.0:1\"\n")?;
-            let err = Config::load(&Cli::for_config("gw.toml")).unwrap_err().to_string();
+            let err = Config::load(&Cli::for_config("gw.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("adress"), "{err}");
             Ok(())
         });

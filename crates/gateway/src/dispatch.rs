@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use ocpp::{
-    catalogue, frame, ErrorCode, MessageType, OcppVersion, PayloadKind, Violation,
-};
+use ocpp::{catalogue, frame, ErrorCode, MessageType, OcppVersion, PayloadKind, Violation};
 use serde_json::{json, value::RawValue, Value};
 use tracing::{debug, warn};
 
@@ -36,7 +34,13 @@ pub struct CallReply {
 }
 
 impl CallReply {
-    fn error(message_id: &str, version: OcppVersion, code: ErrorCode, description: &str, details: &Value) -> CallReply {
+    fn error(
+        message_id: &str,
+        version: OcppVersion,
+        code: ErrorCode,
+        description: &str,
+        details: &Value,
+    ) -> CallReply {
         CallReply {
             frame: frame::encode_call_error(message_id, code, version, description, details),
             bad_message: true,
@@ -45,7 +49,11 @@ impl CallReply {
 }
 
 /// Processes one CALL and returns the frame that answers it.
-pub async fn handle_call(shared: Arc<Shared>, info: Arc<ConnectionInfo>, call: InboundCall) -> CallReply {
+pub async fn handle_call(
+    shared: Arc<Shared>,
+    info: Arc<ConnectionInfo>,
+    call: InboundCall,
+) -> CallReply {
     let version = info.version;
     let InboundCall {
         message_id,
@@ -78,10 +86,19 @@ pub async fn handle_call(shared: Arc<Shared>, info: Arc<ConnectionInfo>, call: I
     let request: Value = match serde_json::from_str(payload.get()) {
         Ok(value) => value,
         Err(e) => {
-            return CallReply::error(&message_id, version, ErrorCode::FormatViolation, &e.to_string(), &json!({}))
+            return CallReply::error(
+                &message_id,
+                version,
+                ErrorCode::FormatViolation,
+                &e.to_string(),
+                &json!({}),
+            )
         }
     };
-    match shared.schemas.validate(version, &action, PayloadKind::Request, &request) {
+    match shared
+        .schemas
+        .validate(version, &action, PayloadKind::Request, &request)
+    {
         Some(Ok(_validated)) => {}
         Some(Err(violation)) => {
             warn!(%message_id, %action, error = %violation, "CALL payload failed validation");
@@ -162,7 +179,13 @@ pub async fn handle_call(shared: Arc<Shared>, info: Arc<ConnectionInfo>, call: I
             }
         }
         Err(refusal) => CallReply {
-            frame: frame::encode_call_error(&message_id, refusal.code, version, &refusal.description, &json!({})),
+            frame: frame::encode_call_error(
+                &message_id,
+                refusal.code,
+                version,
+                &refusal.description,
+                &json!({}),
+            ),
             bad_message: false,
         },
     }

@@ -93,7 +93,10 @@ impl Shared {
         }
         let sink = self.sink.health();
         if sink.status == "down" {
-            return Err(format!("event sink down: {}", sink.detail.unwrap_or_default()));
+            return Err(format!(
+                "event sink down: {}",
+                sink.detail.unwrap_or_default()
+            ));
         }
         Ok(())
     }
@@ -133,11 +136,8 @@ pub enum StartError {
 }
 
 impl Gateway {
-    /// Compiles schemas, opens the event sink and binds both listeners.
+    /// Compiles schemas, opens the configured event sink and binds both listeners.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
-        let schemas = SchemaSet::compile(Leniency {
-            timestamps_without_zone: config.validation.accept_timestamps_without_zone,
-        })?;
         let output = match config.events.output {
             EventOutput::Stdout => Output::Stdout,
             EventOutput::File => Output::File(config.events.file.clone().unwrap_or_default()),
@@ -146,12 +146,23 @@ impl Gateway {
         let sink = EmbeddedSink::start(output, config.events.queue_capacity)
             .await
             .map_err(StartError::EventOutput)?;
+        Gateway::bind_with_sink(config, Arc::new(sink)).await
+    }
+
+    /// Like [`Gateway::bind`], with events going to `sink`.
+    pub async fn bind_with_sink(
+        config: Config,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<Gateway, StartError> {
+        let schemas = SchemaSet::compile(Leniency {
+            timestamps_without_zone: config.validation.accept_timestamps_without_zone,
+        })?;
         let ocpp_listener = bind("OCPP listener", config.listener.address).await?;
         let admin_listener = bind("admin API", config.admin.address).await?;
         let shared = Arc::new(Shared {
             schemas,
             responder: LocalResponder::new(&config.responder),
-            sink: Arc::new(sink),
+            sink,
             ring: EventRing::new(config.events.ring_size),
             registry: Registry::default(),
             listening: AtomicBool::new(false),
@@ -228,11 +239,17 @@ impl Gateway {
         shared.listening.store(false, Ordering::Relaxed);
         sessions.close();
         drain_sessions(&shared).await;
-        if tokio::time::timeout(shared.config.shutdown.drain_time + SHUTDOWN_GRACE, sessions.wait())
-            .await
-            .is_err()
+        if tokio::time::timeout(
+            shared.config.shutdown.drain_time + SHUTDOWN_GRACE,
+            sessions.wait(),
+        )
+        .await
+        .is_err()
         {
-            warn!(remaining = sessions.len(), "sessions still open after the drain time");
+            warn!(
+                remaining = sessions.len(),
+                "sessions still open after the drain time"
+            );
         }
         shared.sink.flush().await;
         stop_admin.cancel();
@@ -242,11 +259,13 @@ impl Gateway {
 }
 
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(address).await.map_err(|source| StartError::Bind {
-        what,
-        address,
-        source,
-    })
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind {
+            what,
+            address,
+            source,
+        })
 }
 
 /// Closes every session with 1001, spread evenly over the drain time so that the
@@ -259,7 +278,11 @@ async fn drain_sessions(shared: &Shared) {
     let drain = shared.config.shutdown.drain_time;
     let step = drain / handles.len() as u32;
     let start = Instant::now();
-    info!(connections = handles.len(), drain_seconds = drain.as_secs_f64(), "closing connections");
+    info!(
+        connections = handles.len(),
+        drain_seconds = drain.as_secs_f64(),
+        "closing connections"
+    );
     for (i, handle) in handles.iter().enumerate() {
         tokio::time::sleep_until(start + step * i as u32).await;
         handle.close(1001, "gateway_shutdown");
@@ -307,6 +330,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         .max_frame_size(Some(listener_config.max_message_size));
 
     let mut decision: Option<Result<Accepted, Refusal>> = None;
+    // The callback's signature is tungstenite's; its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         let verdict = if shared.draining.load(Ordering::Relaxed) {
             Err(Refusal::ShuttingDown)
@@ -355,7 +380,11 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         return;
     };
 
-    let info = Arc::new(ConnectionInfo::new(accepted.charge_point_id, accepted.version, peer));
+    let info = Arc::new(ConnectionInfo::new(
+        accepted.charge_point_id,
+        accepted.version,
+        peer,
+    ));
     let (handle, end) = SessionHandle::new(info.clone(), shared.config.session.call_queue_size);
     let span = info_span!(
         "session",
@@ -368,10 +397,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         });
         previous.close(1000, "replaced_by_new_connection");
     }
-    session::run(ws, shared.clone(), info.clone(), end, accepted.fallback)
+    session::run(ws, shared, info, end, accepted.fallback)
         .instrument(span)
         .await;
-    shared
-        .registry
-        .remove(&info.charge_point_id, &info.connection_id);
 }

@@ -70,7 +70,9 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadPath { .. } => StatusCode::NOT_FOUND,
-            Refusal::BadChargePointId(_) | Refusal::UnsupportedSubprotocol { .. } => StatusCode::BAD_REQUEST,
+            Refusal::BadChargePointId(_) | Refusal::UnsupportedSubprotocol { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::AtCapacity | Refusal::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -90,9 +92,10 @@ impl Refusal {
     pub fn to_response(&self) -> http::Response<Option<String>> {
         let mut response = http::Response::new(Some(format!("{self}\n")));
         *response.status_mut() = self.status();
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if matches!(self, Refusal::AtCapacity | Refusal::ShuttingDown) {
             response
                 .headers_mut()
@@ -151,9 +154,9 @@ impl HandshakePolicy {
         if encoded.is_empty() || encoded.contains('/') {
             return Err(bad_path());
         }
-        let id = percent_decode_str(encoded)
-            .decode_utf8()
-            .map_err(|_| Refusal::BadChargePointId("not valid UTF-8 after percent-decoding".into()))?;
+        let id = percent_decode_str(encoded).decode_utf8().map_err(|_| {
+            Refusal::BadChargePointId("not valid UTF-8 after percent-decoding".into())
+        })?;
         let length = id.chars().count();
         if length > self.max_id_length {
             return Err(Refusal::BadChargePointId(format!(
@@ -197,9 +200,13 @@ mod tests {
 
     #[test]
     fn picks_the_servers_preferred_version() {
-        let a = policy().negotiate(&request("/ocpp/CP-1", &["ocpp1.6, ocpp2.0.1"])).unwrap();
+        let a = policy()
+            .negotiate(&request("/ocpp/CP-1", &["ocpp1.6, ocpp2.0.1"]))
+            .unwrap();
         assert_eq!((a.version, a.fallback), (V201, false));
-        let a = policy().negotiate(&request("/ocpp/CP-1", &["ocpp1.6", "ocpp2.1"])).unwrap();
+        let a = policy()
+            .negotiate(&request("/ocpp/CP-1", &["ocpp1.6", "ocpp2.1"]))
+            .unwrap();
         assert_eq!(a.version, V21);
     }
 
@@ -219,18 +226,24 @@ mod tests {
 
     #[test]
     fn unsupported_offers_are_refused() {
-        let e = policy().negotiate(&request("/ocpp/CP-1", &["ocpp1.5", "mqtt"])).unwrap_err();
+        let e = policy()
+            .negotiate(&request("/ocpp/CP-1", &["ocpp1.5", "mqtt"]))
+            .unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let only16 = HandshakePolicy {
             supported: vec![V16],
             ..policy()
         };
-        assert!(only16.negotiate(&request("/ocpp/CP-1", &["ocpp2.0.1"])).is_err());
+        assert!(only16
+            .negotiate(&request("/ocpp/CP-1", &["ocpp2.0.1"]))
+            .is_err());
     }
 
     #[test]
     fn ids_are_percent_decoded_and_checked() {
-        let a = policy().negotiate(&request("/ocpp/CP%3A01%2A", &[])).unwrap();
+        let a = policy()
+            .negotiate(&request("/ocpp/CP%3A01%2A", &[]))
+            .unwrap();
         assert_eq!(a.charge_point_id, "CP:01*");
         for (path, status) in [
             ("/ocpp/", StatusCode::NOT_FOUND),

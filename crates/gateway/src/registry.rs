@@ -85,7 +85,11 @@ mod tests {
     use std::sync::Arc;
 
     fn handle(id: &str) -> SessionHandle {
-        let info = Arc::new(ConnectionInfo::new(id.into(), OcppVersion::V16, ([127, 0, 0, 1], 1).into()));
+        let info = Arc::new(ConnectionInfo::new(
+            id.into(),
+            OcppVersion::V16,
+            ([127, 0, 0, 1], 1).into(),
+        ));
         SessionHandle::new(info, 1).0
     }
 
@@ -109,7 +113,11 @@ mod tests {
         for id in ["c", "a", "b", "d"] {
             registry.insert(handle(id));
         }
-        let ids = |page: Vec<SessionHandle>| page.iter().map(|h| h.info.charge_point_id.clone()).collect::<Vec<_>>();
+        let ids = |page: Vec<SessionHandle>| {
+            page.iter()
+                .map(|h| h.info.charge_point_id.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(registry.page(None, 2)), ["a", "b"]);
         assert_eq!(ids(registry.page(Some("b"), 2)), ["c", "d"]);
         assert!(registry.page(Some("d"), 2).is_empty());

@@ -46,7 +46,12 @@ impl LocalResponder {
 
     /// The answer to `action` with `request` (already schema-valid) from a charge point
     /// speaking `version`.
-    pub fn answer(&self, version: OcppVersion, action: &str, request: &Value) -> Result<Value, Refusal> {
+    pub fn answer(
+        &self,
+        version: OcppVersion,
+        action: &str,
+        request: &Value,
+    ) -> Result<Value, Refusal> {
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         let response = match (version, action) {
             (_, "BootNotification") => json!({
@@ -118,7 +123,9 @@ impl LocalResponder {
     fn authorize(&self, token: Option<&str>) -> &'static str {
         match (self.policy, token) {
             (AuthorizePolicy::AcceptAll, _) => "Accepted",
-            (AuthorizePolicy::AllowList, Some(token)) if self.allowed_id_tags.contains(token) => "Accepted",
+            (AuthorizePolicy::AllowList, Some(token)) if self.allowed_id_tags.contains(token) => {
+                "Accepted"
+            }
             (AuthorizePolicy::AllowList, _) => "Invalid",
         }
     }
@@ -142,8 +149,12 @@ mod tests {
 
     fn sample_request(version: OcppVersion, action: &str) -> Value {
         match (version, action) {
-            (OcppVersion::V16, "Authorize" | "StartTransaction" | "StopTransaction") => json!({"idTag": "TAG-1"}),
-            (_, "Authorize" | "TransactionEvent") => json!({"idToken": {"idToken": "TAG-1", "type": "ISO14443"}}),
+            (OcppVersion::V16, "Authorize" | "StartTransaction" | "StopTransaction") => {
+                json!({"idTag": "TAG-1"})
+            }
+            (_, "Authorize" | "TransactionEvent") => {
+                json!({"idToken": {"idToken": "TAG-1", "type": "ISO14443"}})
+            }
             (_, "VatNumberValidation") => json!({"vatNumber": "DE123", "evseId": 1}),
             (_, "GetCertificateChainStatus") => json!({"certificateStatusRequests": [{
                 "certificateHashData": {"hashAlgorithm": "SHA256", "issuerNameHash": "a", "issuerKeyHash": "b", "serialNumber": "1"},
@@ -169,7 +180,10 @@ mod tests {
                 let verdict = schemas
                     .validate(version, action, PayloadKind::Response, &response)
                     .expect("response schema exists");
-                assert!(verdict.is_ok(), "{version} {action}: {response} -> {verdict:?}");
+                assert!(
+                    verdict.is_ok(),
+                    "{version} {action}: {response} -> {verdict:?}"
+                );
                 checked += 1;
             }
         }
@@ -179,7 +193,9 @@ mod tests {
     #[test]
     fn csms_actions_are_not_supported() {
         let responder = LocalResponder::new(&ResponderConfig::default());
-        let refusal = responder.answer(OcppVersion::V16, "Reset", &json!({})).unwrap_err();
+        let refusal = responder
+            .answer(OcppVersion::V16, "Reset", &json!({}))
+            .unwrap_err();
         assert_eq!(refusal.code, ErrorCode::NotSupported);
     }
 
@@ -192,12 +208,19 @@ mod tests {
         };
         let responder = LocalResponder::new(&config);
         let status = |tag: &str| {
-            responder.answer(OcppVersion::V16, "Authorize", &json!({"idTag": tag})).unwrap()["idTagInfo"]["status"].clone()
+            responder
+                .answer(OcppVersion::V16, "Authorize", &json!({"idTag": tag}))
+                .unwrap()["idTagInfo"]["status"]
+                .clone()
         };
         assert_eq!(status("GOOD"), "Accepted");
         assert_eq!(status("BAD"), "Invalid");
         let answer = responder
-            .answer(OcppVersion::V201, "Authorize", &json!({"idToken": {"idToken": "BAD", "type": "Central"}}))
+            .answer(
+                OcppVersion::V201,
+                "Authorize",
+                &json!({"idToken": {"idToken": "BAD", "type": "Central"}}),
+            )
             .unwrap();
         assert_eq!(answer["idTokenInfo"]["status"], "Invalid");
     }
@@ -207,7 +230,9 @@ mod tests {
         let responder = LocalResponder::new(&ResponderConfig::default());
         let ids: HashSet<i64> = (0..100)
             .map(|_| {
-                responder.answer(OcppVersion::V16, "StartTransaction", &json!({"idTag": "T"})).unwrap()["transactionId"]
+                responder
+                    .answer(OcppVersion::V16, "StartTransaction", &json!({"idTag": "T"}))
+                    .unwrap()["transactionId"]
                     .as_i64()
                     .unwrap()
             })

@@ -214,7 +214,12 @@ impl SessionHandle {
     /// (counted from now, including time spent waiting behind earlier calls).
     ///
     /// The payload must already be valid for the connection's version.
-    pub async fn call(&self, action: &str, payload: Box<RawValue>, timeout: Duration) -> CallOutcome {
+    pub async fn call(
+        &self,
+        action: &str,
+        payload: Box<RawValue>,
+        timeout: Duration,
+    ) -> CallOutcome {
         let (reply, outcome) = oneshot::channel();
         let call = OutboundCall {
             action: action.to_owned(),
@@ -230,6 +235,11 @@ impl SessionHandle {
         // The session answers every call by its deadline; a dropped sender means the
         // session ended first.
         outcome.await.unwrap_or(CallOutcome::NotConnected)
+    }
+
+    /// How many calls wait behind the one in flight.
+    pub fn queued_calls(&self) -> usize {
+        self.calls.max_capacity() - self.calls.capacity()
     }
 
     /// Asks the session to close with `code` and `reason`; returns at once.

@@ -33,13 +33,17 @@ use tokio_tungstenite::{
 use tracing::{debug, info, warn};
 
 pub use handle::{
-    CallErrorInfo, CallOutcome, CloseRequest, ConnectionInfo, ErrorOrigin, PendingCallInfo, SessionHandle,
+    CallErrorInfo, CallOutcome, CloseRequest, ConnectionInfo, ErrorOrigin, PendingCallInfo,
+    SessionHandle,
 };
 pub(crate) use handle::{OutboundCall, SessionEnd};
 
 use crate::{
     dispatch::{self, CallReply, InboundCall},
-    event::{ClosedData, Event, EventData, MessageData, OpenedData, CONNECTION_CLOSED, CONNECTION_OPENED, MESSAGE_RECEIVED},
+    event::{
+        ClosedData, Event, EventData, MessageData, OpenedData, CONNECTION_CLOSED,
+        CONNECTION_OPENED, MESSAGE_RECEIVED,
+    },
     gateway::Shared,
 };
 
@@ -115,6 +119,11 @@ pub(crate) async fn run<S>(
         awaiting_pong_until: None,
     };
     let ended = session.run_loop().await;
+    // Unregister before the closed event, so that whoever sees the event also sees the
+    // charge point gone (unless a newer connection already took its place).
+    shared
+        .registry
+        .remove(&info.charge_point_id, &info.connection_id);
     session.fail_pending_calls();
 
     let duration = (Utc::now() - info.connected_at).num_milliseconds() as f64 / 1000.0;
@@ -277,8 +286,14 @@ where
                 action,
                 payload,
             } => {
-                let duplicate = self.in_flight.as_ref().is_some_and(|(id, _)| *id == message_id)
-                    || self.inbound_queue.iter().any(|c| c.message_id == message_id);
+                let duplicate = self
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|(id, _)| *id == message_id)
+                    || self
+                        .inbound_queue
+                        .iter()
+                        .any(|c| c.message_id == message_id);
                 if duplicate {
                     warn!(%message_id, %action, "CALL reuses a message id that is still in flight");
                     let reply = frame::encode_call_error(
@@ -312,7 +327,8 @@ where
             Frame::CallResultError(error) => {
                 warn!(message_id = %error.message_id, code = %error.error_code, description = %error.description,
                     "charge point rejected a CALLRESULT of the gateway");
-                self.record_error_frame(MessageType::CallResultError, None, error).await;
+                self.record_error_frame(MessageType::CallResultError, None, error)
+                    .await;
                 None
             }
             Frame::Send {
@@ -337,10 +353,15 @@ where
         }
     }
 
-    async fn on_call_result(&mut self, message_id: String, payload: Box<RawValue>) -> Option<EndReason> {
+    async fn on_call_result(
+        &mut self,
+        message_id: String,
+        payload: Box<RawValue>,
+    ) -> Option<EndReason> {
         let Some(pending) = self.take_outbound(&message_id) else {
             warn!(%message_id, "CALLRESULT for no pending CALL (late or unknown)");
-            self.record_message(MessageType::CallResult, &message_id, None, Some(payload)).await;
+            self.record_message(MessageType::CallResult, &message_id, None, Some(payload))
+                .await;
             return None;
         };
         let version = self.version();
@@ -352,11 +373,12 @@ where
                 details: json!({}),
                 origin: ErrorOrigin::Gateway,
             }),
-            Ok(value) => match self
-                .shared
-                .schemas
-                .validate(version, &pending.action, PayloadKind::Response, &value)
-            {
+            Ok(value) => match self.shared.schemas.validate(
+                version,
+                &pending.action,
+                PayloadKind::Response,
+                &value,
+            ) {
                 Some(Err(violation)) => {
                     warn!(%message_id, action = %pending.action, error = %violation, "CALLRESULT failed validation");
                     if version == OcppVersion::V21 {
@@ -381,8 +403,13 @@ where
                 _ => CallOutcome::Completed(payload.clone()),
             },
         };
-        self.record_message(MessageType::CallResult, &message_id, Some(pending.action.clone()), Some(payload))
-            .await;
+        self.record_message(
+            MessageType::CallResult,
+            &message_id,
+            Some(pending.action.clone()),
+            Some(payload),
+        )
+        .await;
         let _ = pending.reply.send(outcome);
         None
     }
@@ -390,7 +417,8 @@ where
     async fn on_call_error(&mut self, error: RpcError) {
         let Some(pending) = self.take_outbound(&error.message_id) else {
             warn!(message_id = %error.message_id, "CALLERROR for no pending CALL (late or unknown)");
-            self.record_error_frame(MessageType::CallError, None, error).await;
+            self.record_error_frame(MessageType::CallError, None, error)
+                .await;
             return;
         };
         let details = serde_json::from_str(error.details.get()).unwrap_or_else(|_| json!({}));
@@ -407,25 +435,29 @@ where
 
     async fn on_send(&mut self, message_id: String, action: String, payload: Box<RawValue>) {
         let version = self.version();
-        let valid = serde_json::from_str(payload.get())
-            .ok()
-            .and_then(|value| {
-                self.shared
-                    .schemas
-                    .validate(version, &action, PayloadKind::Request, &value)
-            });
+        let valid = serde_json::from_str(payload.get()).ok().and_then(|value| {
+            self.shared
+                .schemas
+                .validate(version, &action, PayloadKind::Request, &value)
+        });
         match valid {
             Some(Ok(_)) => {
                 self.record_message(MessageType::Send, &message_id, Some(action), Some(payload))
                     .await
             }
-            Some(Err(violation)) => warn!(%message_id, %action, error = %violation, "SEND payload failed validation"),
+            Some(Err(violation)) => {
+                warn!(%message_id, %action, error = %violation, "SEND payload failed validation")
+            }
             None => warn!(%message_id, %action, "SEND of an unknown action"),
         }
     }
 
     fn take_outbound(&mut self, message_id: &str) -> Option<PendingOutbound> {
-        if self.outbound.as_ref().is_some_and(|p| p.message_id == message_id) {
+        if self
+            .outbound
+            .as_ref()
+            .is_some_and(|p| p.message_id == message_id)
+        {
             self.info.set_pending_call(None);
             self.outbound.take()
         } else {
@@ -458,7 +490,10 @@ where
     async fn count_bad_message(&mut self) -> Option<EndReason> {
         self.consecutive_bad += 1;
         if self.consecutive_bad >= self.shared.config.session.bad_message_limit {
-            warn!(count = self.consecutive_bad, "too many consecutive bad messages; closing");
+            warn!(
+                count = self.consecutive_bad,
+                "too many consecutive bad messages; closing"
+            );
             return Some(self.close(1008, "too_many_bad_messages").await);
         }
         None
@@ -483,7 +518,12 @@ where
         self.publish_message(data).await;
     }
 
-    async fn record_error_frame(&mut self, message_type: MessageType, action: Option<String>, error: RpcError) {
+    async fn record_error_frame(
+        &mut self,
+        message_type: MessageType,
+        action: Option<String>,
+        error: RpcError,
+    ) {
         let mut data = MessageData::new(
             self.version(),
             message_type,

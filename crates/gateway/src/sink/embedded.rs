@@ -132,7 +132,12 @@ impl EventSink for EmbeddedSink {
     }
 
     fn health(&self) -> ComponentHealth {
-        match self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        match self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             None => ComponentHealth {
                 status: "up",
                 detail: None,
@@ -152,15 +157,29 @@ mod tests {
     use ocpp::{MessageType, OcppVersion};
 
     fn event(id: &str) -> Arc<Event> {
-        let data = MessageData::new(OcppVersion::V201, MessageType::Call, id, Some("Heartbeat".into()), "c", "n");
-        Arc::new(Event::new("n", MESSAGE_RECEIVED, "CP-1", EventData::Message(data)))
+        let data = MessageData::new(
+            OcppVersion::V201,
+            MessageType::Call,
+            id,
+            Some("Heartbeat".into()),
+            "c",
+            "n",
+        );
+        Arc::new(Event::new(
+            "n",
+            MESSAGE_RECEIVED,
+            "CP-1",
+            EventData::Message(data),
+        ))
     }
 
     #[tokio::test]
     async fn writes_json_lines_and_acknowledges_after_writing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let sink = EmbeddedSink::start(Output::File(path.clone()), 8).await.unwrap();
+        let sink = EmbeddedSink::start(Output::File(path.clone()), 8)
+            .await
+            .unwrap();
         let mut deliveries = Vec::new();
         for i in 0..20 {
             deliveries.push(sink.submit(event(&i.to_string())).await.unwrap());
@@ -169,8 +188,10 @@ mod tests {
             delivery.await.unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 20);
         for (i, line) in lines.iter().enumerate() {
             assert_eq!(line["specversion"], "1.0");

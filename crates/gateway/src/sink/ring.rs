@@ -51,7 +51,12 @@ mod tests {
 
     fn event(cp: &str, id: &str) -> Arc<Event> {
         let data = MessageData::new(OcppVersion::V16, MessageType::Call, id, None, "c", "n");
-        Arc::new(Event::new("n", MESSAGE_RECEIVED, cp, EventData::Message(data)))
+        Arc::new(Event::new(
+            "n",
+            MESSAGE_RECEIVED,
+            cp,
+            EventData::Message(data),
+        ))
     }
 
     fn ids(events: &[Arc<Event>]) -> Vec<String> {

@@ -1,0 +1,359 @@
+//! Test harness: the real gateway on 127.0.0.1:0, a real WebSocket client, a real HTTP client.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use charge_point_gateway::{
+    config::EventOutput,
+    event::Event,
+    sink::{ComponentHealth, Delivery, EventSink, SinkError},
+    Config, Gateway, Shared,
+};
+use futures_util::{future::BoxFuture, FutureExt, SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::{
+    net::TcpStream,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, http, protocol::CloseFrame, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+/// Bound on every single wait in a test.
+pub const STEP: Duration = Duration::from_secs(5);
+
+pub struct TestGateway {
+    pub ocpp: SocketAddr,
+    pub admin: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.listener.address = "127.0.0.1:0".parse().unwrap();
+    config.admin.address = "127.0.0.1:0".parse().unwrap();
+    config.events.output = EventOutput::None;
+    config.shutdown.drain_time = Duration::from_millis(200);
+    config.node_id = "test-node".into();
+    config
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        let mut config = test_config();
+        adjust(&mut config);
+        config.validate().expect("test config is valid");
+        Self::launch(Gateway::bind(config).await.expect("gateway binds")).await
+    }
+
+    pub async fn start_with_sink(
+        adjust: impl FnOnce(&mut Config),
+        sink: Arc<dyn EventSink>,
+    ) -> TestGateway {
+        let mut config = test_config();
+        adjust(&mut config);
+        Self::launch(
+            Gateway::bind_with_sink(config, sink)
+                .await
+                .expect("gateway binds"),
+        )
+        .await
+    }
+
+    async fn launch(gateway: Gateway) -> TestGateway {
+        let ocpp = gateway.ocpp_address();
+        let admin = gateway.admin_address();
+        let shared = gateway.shared();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.run(async move {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            ocpp,
+            admin,
+            shared,
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("gateway stops in time")
+                .expect("gateway task did not panic");
+        }
+    }
+
+    pub fn url(&self, id: &str) -> String {
+        format!("ws://{}/ocpp/{}", self.ocpp, id)
+    }
+
+    /// Connects as `id` offering `protocols`; panics when refused.
+    pub async fn connect(&self, id: &str, protocols: &[&str]) -> Cp {
+        let (cp, _) = self
+            .try_connect(id, protocols)
+            .await
+            .expect("handshake accepted");
+        cp
+    }
+
+    /// Connects, returning the HTTP status on refusal.
+    pub async fn try_connect(
+        &self,
+        id: &str,
+        protocols: &[&str],
+    ) -> Result<(Cp, Option<String>), http::StatusCode> {
+        connect_url(&self.url(id), protocols).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("http://{}{}", self.admin, path))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(format!("http://{}{}", self.admin, path))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("http://{}{}", self.admin, path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// Sends a command through the admin API in the background.
+    pub fn command(&self, id: &str, body: Value) -> JoinHandle<(u16, Value)> {
+        let http = self.http.clone();
+        let url = format!("http://{}/api/v1/charge-points/{}/commands", self.admin, id);
+        tokio::spawn(async move {
+            let response = http.post(url).json(&body).send().await.unwrap();
+            (response.status().as_u16(), response.json().await.unwrap())
+        })
+    }
+
+    /// Waits until `condition` holds for the events of `id` in the ring.
+    pub async fn wait_for_event(&self, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let (_, body) = self
+                .get(&format!("/api/v1/events?chargePointId={id}&limit=1000"))
+                .await;
+            if let Some(event) = body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| condition(e))
+            {
+                return event.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event not seen: {body}"
+            );
+            // The ring has no push notification; poll it at a short interval, bounded above.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub async fn connect_url(
+    url: &str,
+    protocols: &[&str],
+) -> Result<(Cp, Option<String>), http::StatusCode> {
+    let mut request = url.into_client_request().unwrap();
+    if !protocols.is_empty() {
+        request.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            protocols.join(", ").parse().unwrap(),
+        );
+    }
+    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(request)).await {
+        Err(_) => panic!("handshake timed out"),
+        Ok(Ok((ws, response))) => {
+            let protocol = response
+                .headers()
+                .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+                .map(|v| v.to_str().unwrap().to_owned());
+            Ok((Cp { ws }, protocol))
+        }
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => Err(response.status()),
+        Ok(Err(e)) => panic!("unexpected handshake error: {e}"),
+    }
+}
+
+/// A charge point: a plain WebSocket client speaking raw OCPP-J frames.
+pub struct Cp {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What the client read next.
+#[derive(Debug)]
+pub enum Received {
+    Frame(Value),
+    Closed(Option<CloseFrame>),
+}
+
+impl Cp {
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_json(&mut self, frame: Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    /// The next text frame or close, skipping pings and pongs.
+    pub async fn receive(&mut self) -> Received {
+        loop {
+            let message = tokio::time::timeout(STEP, self.ws.next())
+                .await
+                .expect("a frame arrives in time");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Received::Frame(
+                        serde_json::from_str(text.as_str()).expect("gateway sends JSON"),
+                    )
+                }
+                Some(Ok(Message::Close(frame))) => return Received::Closed(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Received::Closed(None),
+            }
+        }
+    }
+
+    pub async fn frame(&mut self) -> Value {
+        match self.receive().await {
+            Received::Frame(frame) => frame,
+            Received::Closed(frame) => panic!("connection closed: {frame:?}"),
+        }
+    }
+
+    /// Waits for the gateway's close frame and returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.receive().await {
+                Received::Frame(_) => continue,
+                Received::Closed(Some(frame)) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
+                Received::Closed(None) => panic!("connection dropped without a close frame"),
+            }
+        }
+    }
+
+    /// Sends a CALL and returns the gateway's reply frame.
+    pub async fn call(&mut self, id: &str, action: &str, payload: Value) -> Value {
+        self.send_json(json!([2, id, action, payload])).await;
+        self.frame().await
+    }
+}
+
+pub fn boot_payload(version: &str) -> Value {
+    match version {
+        "ocpp1.6" => json!({"chargePointVendor": "Acme", "chargePointModel": "One"}),
+        _ => {
+            json!({"reason": "PowerUp", "chargingStation": {"vendorName": "Acme", "model": "One"}})
+        }
+    }
+}
+
+/// A sink for fault injection: holds deliveries until opened, or fails them.
+pub struct GateSink {
+    open: watch::Sender<bool>,
+    fail: std::sync::atomic::AtomicBool,
+    pub submitted: std::sync::atomic::AtomicUsize,
+}
+
+impl GateSink {
+    pub fn new(open: bool) -> Arc<GateSink> {
+        Arc::new(GateSink {
+            open: watch::Sender::new(open),
+            fail: Default::default(),
+            submitted: Default::default(),
+        })
+    }
+
+    pub fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+
+    pub fn set_failing(&self, fail: bool) {
+        self.fail.store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl EventSink for GateSink {
+    fn submit(&self, _event: Arc<Event>) -> BoxFuture<'_, Result<Delivery, SinkError>> {
+        self.submitted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let failing = self.fail.load(std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.subscribe();
+        async move {
+            let (ack, delivery) = oneshot::channel();
+            tokio::spawn(async move {
+                if failing {
+                    let _ = ack.send(Err(SinkError::Unavailable("injected failure".into())));
+                    return;
+                }
+                let _ = open.wait_for(|open| *open).await;
+                let _ = ack.send(Ok(()));
+            });
+            Ok(Delivery::new(delivery))
+        }
+        .boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
+
+    fn health(&self) -> ComponentHealth {
+        ComponentHealth {
+            status: "up",
+            detail: None,
+        }
+    }
+}
