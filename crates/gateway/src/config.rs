@@ -13,6 +13,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::Cli;
 
+/// The configuration's top-level keys. `CPGW_` variables outside them (such as the
+/// `CPGW_SERVICE_HOST` Kubernetes derives from a service named `cpgw`) are ignored;
+/// unknown keys inside a section are still refused.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "node_id",
+    "listener",
+    "session",
+    "validation",
+    "responder",
+    "events",
+    "admin",
+    "shutdown",
+    "log",
+];
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -324,8 +339,14 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        let own_variables = Env::prefixed("CPGW_").split("__").filter(|key| {
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            TOP_LEVEL_KEYS
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(top))
+        });
         figment = figment
-            .merge(Env::prefixed("CPGW_").split("__"))
+            .merge(own_variables)
             .merge(Serialized::defaults(cli.overrides()));
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;

@@ -164,14 +164,16 @@ pub struct CloseRequest {
 pub struct SessionHandle {
     /// The connection's details.
     pub info: Arc<ConnectionInfo>,
-    calls: mpsc::Sender<OutboundCall>,
+    // Boxed: the channel allocates its slots in blocks up front, and a pointer per slot
+    // keeps an idle connection's share small.
+    calls: mpsc::Sender<Box<OutboundCall>>,
     close_token: CancellationToken,
     close_request: Arc<Mutex<Option<CloseRequest>>>,
 }
 
 /// The session's side of a [`SessionHandle`].
 pub(crate) struct SessionEnd {
-    pub calls: mpsc::Receiver<OutboundCall>,
+    pub calls: mpsc::Receiver<Box<OutboundCall>>,
     pub close_token: CancellationToken,
     close_request: Arc<Mutex<Option<CloseRequest>>>,
 }
@@ -221,12 +223,12 @@ impl SessionHandle {
         timeout: Duration,
     ) -> CallOutcome {
         let (reply, outcome) = oneshot::channel();
-        let call = OutboundCall {
+        let call = Box::new(OutboundCall {
             action: action.to_owned(),
             payload,
             deadline: Instant::now() + timeout,
             reply,
-        };
+        });
         match self.calls.try_send(call) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return CallOutcome::QueueFull,

@@ -465,7 +465,7 @@ where
         }
     }
 
-    async fn send_call(&mut self, call: OutboundCall) -> Result<(), EndReason> {
+    async fn send_call(&mut self, call: Box<OutboundCall>) -> Result<(), EndReason> {
         if call.deadline <= Instant::now() {
             let _ = call.reply.send(CallOutcome::Timeout);
             return Ok(());
@@ -478,11 +478,17 @@ where
             action: call.action.clone(),
             sent_at: Utc::now(),
         }));
+        let OutboundCall {
+            action,
+            deadline,
+            reply,
+            ..
+        } = *call;
         self.outbound = Some(PendingOutbound {
             message_id,
-            action: call.action,
-            deadline: call.deadline,
-            reply: call.reply,
+            action,
+            deadline,
+            reply,
         });
         self.send_text(text).await
     }
