@@ -124,9 +124,9 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        # The gateway reads `CPGW_*` variables as configuration and rejects
-        # unknown keys, so CPGW_BIN (ours) must not reach it; the other CPGW_*
-        # are dropped too, so the command line alone decides the configuration.
+        # The gateway reads `CPGW_*` variables as configuration (which is why
+        # the binary's path is GATEWAY_BIN, not a CPGW_* name). Every CPGW_* is
+        # dropped so that the command line alone decides the configuration.
         env = {k: v for k, v in os.environ.items() if not k.startswith("CPGW_")}
         env.setdefault("RUST_BACKTRACE", "1")
         self.proc = subprocess.Popen(
@@ -199,11 +199,11 @@ _RUNNING: Gateway | None = None
 
 @pytest.fixture(scope="session")
 def gateway():
-    binary = Path(os.environ.get("CPGW_BIN") or DEFAULT_BIN)
+    binary = Path(os.environ.get("GATEWAY_BIN") or DEFAULT_BIN)
     if not binary.is_file():
         pytest.fail(
             f"gateway binary not found at {binary} "
-            "(build it with `cargo build`, or set CPGW_BIN)",
+            "(build it with `cargo build`, or set GATEWAY_BIN)",
             pytrace=False,
         )
     gw = Gateway(binary)
