@@ -28,10 +28,7 @@ const MAX_COMMAND_TIMEOUT_SECONDS: u64 = 300;
 
 /// The admin API's routes over the shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/health", get(health))
+    let api = Router::new()
         .route("/api/v1/connections", get(list_connections))
         .route(
             "/api/v1/connections/{id}",
@@ -39,8 +36,48 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/charge-points/{id}/commands", post(send_command))
         .route("/api/v1/events", get(recent_events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
+        .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
+}
+
+/// Checks `Authorization: Bearer <admin.api_token>` when a token is configured.
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &shared.config.admin.api_token {
+        let presented = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if !presented
+            .is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes()))
+        {
+            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without leaking, through timing, how much of the token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -260,6 +297,12 @@ async fn recent_events(
             format!("limit must be between 1 and {MAX_PAGE}"),
         );
     }
+    // Serialised straight from the events (not through `Value`), so payloads keep the
+    // exact text the charge point sent.
+    #[derive(serde::Serialize)]
+    struct Events {
+        events: Vec<Arc<crate::event::Event>>,
+    }
     let events = shared.ring.recent(query.charge_point_id.as_deref(), limit);
-    Json(json!({ "events": events })).into_response()
+    Json(Events { events }).into_response()
 }

@@ -165,6 +165,9 @@ pub struct EventsConfig {
 pub struct AdminConfig {
     /// Address of `/livez`, `/readyz`, `/health` and `/api/v1/...`.
     pub address: SocketAddr,
+    /// When set, `/api/v1/...` requires `Authorization: Bearer <token>` (health
+    /// endpoints stay open for probes).
+    pub api_token: Option<String>,
 }
 
 /// Graceful shutdown.
@@ -289,6 +292,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             address: ([0, 0, 0, 0], 8081).into(),
+            api_token: None,
         }
     }
 }
@@ -433,13 +437,32 @@ impl Config {
         if session.bad_message_limit == 0 {
             return invalid("session.bad_message_limit", "must be at least 1");
         }
-        if self.responder.heartbeat_interval.as_secs() == 0
-            || self.responder.heartbeat_interval.as_secs() > i32::MAX as u64
-        {
-            return invalid("responder.heartbeat_interval", "must be at least 1s");
+        if !(1..=i32::MAX as u64).contains(&self.responder.heartbeat_interval.as_secs()) {
+            return invalid(
+                "responder.heartbeat_interval",
+                "must be between 1s and 68 years",
+            );
         }
-        if self.events.output == EventOutput::File && self.events.file.is_none() {
+        let events_file_missing = self
+            .events
+            .file
+            .as_ref()
+            .is_none_or(|path| path.as_os_str().is_empty());
+        if self.events.output == EventOutput::File && events_file_missing {
             return invalid("events.file", "is required when events.output = \"file\"");
+        }
+        if let Some(unknown) = self.events.durable_actions.iter().find(|action| {
+            !OcppVersion::ALL
+                .into_iter()
+                .any(|version| ocpp::catalogue::initiator(version, action).is_some())
+        }) {
+            return Err(ConfigError::Invalid {
+                option: "events.durable_actions",
+                reason: format!("{unknown:?} is not an OCPP action of any supported version"),
+            });
+        }
+        if self.admin.api_token.as_deref() == Some("") {
+            return invalid("admin.api_token", "must not be empty when set");
         }
         if self.events.ring_size == 0 {
             return invalid("events.ring_size", "must be at least 1");
@@ -487,6 +510,17 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn durable_actions_must_exist() {
+        let mut config = Config::default();
+        config.events.durable_actions.push("StopTransacton".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("events.durable_actions") && err.contains("StopTransacton"),
+            "{err}"
+        );
     }
 
     #[test]

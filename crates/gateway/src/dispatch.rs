@@ -34,6 +34,20 @@ pub struct CallReply {
 }
 
 impl CallReply {
+    /// An answer to a well-formed CALL the gateway cannot serve (not the sender's fault
+    /// in a way that should count toward closing the connection).
+    fn refusal(
+        message_id: &str,
+        version: OcppVersion,
+        code: ErrorCode,
+        description: &str,
+    ) -> CallReply {
+        CallReply {
+            frame: frame::encode_call_error(message_id, code, version, description, &json!({})),
+            bad_message: false,
+        }
+    }
+
     fn error(
         message_id: &str,
         version: OcppVersion,
@@ -63,21 +77,27 @@ pub async fn handle_call(
     match catalogue::initiator(version, &action) {
         None => {
             debug!(%message_id, %action, "unknown action");
-            return CallReply::error(
+            return CallReply::refusal(
                 &message_id,
                 version,
                 ErrorCode::NotImplemented,
                 &format!("action {action} is not defined in {version}"),
-                &json!({}),
             );
         }
         Some(initiator) if !initiator.charge_point_may_send() => {
-            return CallReply::error(
+            return CallReply::refusal(
                 &message_id,
                 version,
                 ErrorCode::NotSupported,
                 &format!("{action} is sent by the CSMS, not by charge points"),
-                &json!({}),
+            );
+        }
+        Some(_) if catalogue::is_send_only(version, &action) => {
+            return CallReply::refusal(
+                &message_id,
+                version,
+                ErrorCode::NotSupported,
+                &format!("{action} is sent as a SEND (message type 6), not as a CALL"),
             );
         }
         Some(_) => {}
@@ -111,12 +131,11 @@ pub async fn handle_call(
             );
         }
         None => {
-            return CallReply::error(
+            return CallReply::refusal(
                 &message_id,
                 version,
                 ErrorCode::NotImplemented,
                 &format!("action {action} has no schema in {version}"),
-                &json!({}),
             )
         }
     }
@@ -145,16 +164,12 @@ pub async fn handle_call(
     if let Err(e) = delivered {
         warn!(%message_id, %action, error = %e, durable, "event not stored");
         if durable {
-            return CallReply {
-                frame: frame::encode_call_error(
-                    &message_id,
-                    ErrorCode::InternalError,
-                    version,
-                    "the event could not be stored; retry later",
-                    &json!({}),
-                ),
-                bad_message: false,
-            };
+            return CallReply::refusal(
+                &message_id,
+                version,
+                ErrorCode::InternalError,
+                "the event could not be stored; retry later",
+            );
         }
     }
 
@@ -166,16 +181,12 @@ pub async fn handle_call(
                     frame: frame::encode_call_result(&message_id, &raw),
                     bad_message: false,
                 },
-                Err(e) => CallReply {
-                    frame: frame::encode_call_error(
-                        &message_id,
-                        ErrorCode::InternalError,
-                        version,
-                        &e.to_string(),
-                        &json!({}),
-                    ),
-                    bad_message: false,
-                },
+                Err(e) => CallReply::refusal(
+                    &message_id,
+                    version,
+                    ErrorCode::InternalError,
+                    &e.to_string(),
+                ),
             }
         }
         Err(refusal) => CallReply {

@@ -206,6 +206,12 @@ impl Gateway {
         } = self;
         info!(address = %ocpp_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ocpp listener bound");
         info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener bound");
+        let admin_exposed = admin_listener
+            .local_addr()
+            .is_ok_and(|address| !address.ip().is_loopback());
+        if admin_exposed && shared.config.admin.api_token.is_none() {
+            warn!("the admin API listens beyond loopback without admin.api_token: anyone who reaches it can command charge points");
+        }
 
         let stop_accepting = CancellationToken::new();
         let stop_admin = CancellationToken::new();
@@ -314,6 +320,14 @@ async fn accept_loop(
     }
 }
 
+/// Whether the request comes from a charge point already connected here, which at
+/// capacity may still replace its own connection.
+fn replaces_own_connection(shared: &Shared, path: &str, policy: &HandshakePolicy) -> bool {
+    policy
+        .charge_point_id(path)
+        .is_ok_and(|id| shared.registry.get(&id).is_some())
+}
+
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let listener_config = &shared.config.listener;
@@ -335,7 +349,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         let verdict = if shared.draining.load(Ordering::Relaxed) {
             Err(Refusal::ShuttingDown)
-        } else if shared.registry.len() >= listener_config.max_connections {
+        } else if shared.registry.len() >= listener_config.max_connections
+            && !replaces_own_connection(&shared, request.uri().path(), &policy)
+        {
             Err(Refusal::AtCapacity)
         } else {
             policy.negotiate(request)

@@ -142,7 +142,8 @@ impl HandshakePolicy {
         }
     }
 
-    fn charge_point_id(&self, path: &str) -> Result<String, Refusal> {
+    /// The percent-decoded, checked charge point id in a request path.
+    pub fn charge_point_id(&self, path: &str) -> Result<String, Refusal> {
         let bad_path = || Refusal::BadPath {
             prefix: self.path_prefix.clone(),
         };

@@ -29,7 +29,11 @@ pub fn init_logging(config: &LogConfig) {
             .init();
     } else {
         registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .init();
     }
 }

@@ -131,4 +131,7 @@ async fn connections_beyond_the_limit_get_503() {
     let _first = gw.connect("CP-1", &["ocpp1.6"]).await;
     let refused = gw.try_connect("CP-2", &["ocpp1.6"]).await.err();
     assert_eq!(refused.map(|s| s.as_u16()), Some(503));
+    // At capacity, a charge point may still replace its own connection.
+    let mut again = gw.connect("CP-1", &["ocpp1.6"]).await;
+    assert_eq!(again.call("1", "Heartbeat", json!({})).await[0], 3);
 }

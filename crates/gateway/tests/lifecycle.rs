@@ -140,6 +140,19 @@ async fn events_describe_messages_exactly_as_received() {
     assert_eq!(data["messageId"], "m1");
     assert_eq!(data["gatewayNode"], "test-node");
     assert_eq!(data["payload"]["meterStart"], 0);
+    let raw_text = reqwest::get(format!(
+        "http://{}/api/v1/events?chargePointId=CP-EV",
+        gw.admin
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        raw_text.contains(r#""meterStart": 0,  "timestamp""#),
+        "payload not verbatim: {raw_text}"
+    );
     let (_, list) = gw.get("/api/v1/events?chargePointId=CP-EV&limit=1").await;
     assert_eq!(list["events"].as_array().unwrap().len(), 1);
     assert_eq!(gw.get("/api/v1/events?limit=0").await.0, 400);
@@ -200,4 +213,29 @@ async fn graceful_shutdown_closes_connections_with_1001_and_stops_listening() {
     // Stopped: nothing listens any more.
     assert!(tokio::net::TcpStream::connect(ocpp).await.is_err());
     assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}
+
+#[tokio::test]
+async fn api_token_guards_the_api_but_not_the_probes() {
+    let gw = TestGateway::start_with(|c| c.admin.api_token = Some("s3cret".into())).await;
+    let _cp = gw.connect("CP-T", &["ocpp1.6"]).await;
+    assert_eq!(gw.get("/livez").await.0, 200);
+    assert_eq!(gw.get("/readyz").await.0, 200);
+    let (status, body) = gw.get("/api/v1/connections").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        gw.post(
+            "/api/v1/charge-points/CP-T/commands",
+            json!({"action": "ClearCache", "payload": {}})
+        )
+        .await
+        .0,
+        401
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}/api/v1/connections", gw.admin);
+    let wrong = client.get(&url).bearer_auth("s3creT").send().await.unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let right = client.get(&url).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(right.status().as_u16(), 200);
 }

@@ -264,3 +264,46 @@ async fn a_stalled_sink_holds_calls_in_order_and_loses_none() {
     }
     assert!(sink.submitted.load(std::sync::atomic::Ordering::SeqCst) >= 20);
 }
+
+#[tokio::test]
+async fn refused_actions_do_not_count_as_bad_messages_but_violations_do() {
+    let gw = TestGateway::start_with(|c| c.session.bad_message_limit = 2).await;
+    let mut cp = gw.connect("CP-V", &["ocpp2.1"]).await;
+    for i in 0..5 {
+        let reply = cp
+            .call(&i.to_string(), "VendorSpecificThing", json!({}))
+            .await;
+        assert_call_error(&reply, &i.to_string(), "NotImplemented");
+    }
+    let send_as_call = cp.call("p", "NotifyPeriodicEventStream", json!({})).await;
+    assert_call_error(&send_as_call, "p", "NotSupported");
+    // Two schema violations in a row: both answered, then the connection closes.
+    assert_call_error(
+        &cp.call("a", "Heartbeat", json!({"x": 1})).await,
+        "a",
+        "FormatViolation",
+    );
+    assert_call_error(
+        &cp.call("b", "Heartbeat", json!({"x": 1})).await,
+        "b",
+        "FormatViolation",
+    );
+    assert_eq!(
+        cp.closed().await,
+        (1008, "too_many_bad_messages".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn an_abrupt_disconnect_is_a_lost_connection() {
+    let gw = TestGateway::start().await;
+    let cp = gw.connect("CP-GONE", &["ocpp1.6"]).await;
+    drop(cp);
+    let closed = gw
+        .wait_for_event("CP-GONE", |e| {
+            e["type"] == "chargepointgateway.connection.closed"
+        })
+        .await;
+    assert_eq!(closed["data"]["reason"], "connection_lost");
+    assert_eq!(closed["data"]["closeCode"], Value::Null);
+}

@@ -201,6 +201,11 @@ pub fn initiator(version: OcppVersion, action: &str) -> Option<Initiator> {
     }
 }
 
+/// Whether `action` is only ever sent as a 2.1 SEND (message type 6), never as a CALL.
+pub fn is_send_only(version: OcppVersion, action: &str) -> bool {
+    version == OcppVersion::V21 && action == "NotifyPeriodicEventStream"
+}
+
 /// Every action of `version`, each once, charge-point-initiated first.
 pub fn actions(version: OcppVersion) -> Vec<&'static str> {
     let mut all: Vec<&'static str> = vec!["DataTransfer"];

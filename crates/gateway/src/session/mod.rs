@@ -24,7 +24,7 @@ use tokio::{
 };
 use tokio_tungstenite::{
     tungstenite::{
-        error::CapacityError,
+        error::{CapacityError, ProtocolError},
         protocol::{frame::coding::CloseCode, CloseFrame},
         Error as WsError, Message,
     },
@@ -158,8 +158,12 @@ where
         let session_config = self.shared.config.session.clone();
         let pings_on = !session_config.ping_interval.is_zero();
         let mut next_ping = Instant::now() + session_config.ping_interval;
+        let mut paused_since_ping = false;
         loop {
             let can_read = self.inbound_queue.len() < session_config.inbound_queue_size;
+            // While backpressure pauses reading, a pong may sit unread in the socket: the
+            // pong deadline only counts time during which the session was reading.
+            paused_since_ping |= !can_read;
             let outbound_deadline = self.outbound.as_ref().map(|o| o.deadline);
             let ping_deadline = self.awaiting_pong_until.unwrap_or(next_ping);
             let in_flight = &mut self.in_flight;
@@ -170,12 +174,12 @@ where
                 }
                 reply = async { match in_flight { Some((_, future)) => future.await, None => std::future::pending().await } } => {
                     self.in_flight = None;
+                    if let Err(ended) = self.send_text(reply.frame).await { return ended; }
                     if reply.bad_message {
                         if let Some(ended) = self.count_bad_message().await { return ended; }
                     } else {
                         self.consecutive_bad = 0;
                     }
-                    if let Err(ended) = self.send_text(reply.frame).await { return ended; }
                     self.start_next_inbound();
                 }
                 message = self.ws.next(), if can_read => {
@@ -195,12 +199,18 @@ where
                     }
                 }
                 _ = sleep_until(ping_deadline), if pings_on => {
+                    if self.awaiting_pong_until.is_some() && paused_since_ping {
+                        paused_since_ping = false;
+                        self.awaiting_pong_until = Some(Instant::now() + session_config.pong_timeout);
+                        continue;
+                    }
                     if self.awaiting_pong_until.is_some() {
                         warn!("no pong within the deadline; closing dead connection");
                         return EndReason { reason: "ping_timeout", close_code: None };
                     }
                     if let Err(ended) = self.send(Message::Ping(Default::default())).await { return ended; }
                     self.awaiting_pong_until = Some(Instant::now() + session_config.pong_timeout);
+                    paused_since_ping = false;
                     next_ping = Instant::now() + session_config.ping_interval;
                 }
             }
@@ -226,6 +236,12 @@ where
                     close_code: None,
                 })
             }
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                return Some(EndReason {
+                    reason: "connection_lost",
+                    close_code: None,
+                })
+            }
             Some(Err(WsError::Protocol(e))) => {
                 warn!(error = %e, "WebSocket protocol violation");
                 return Some(self.close(1002, "websocket_protocol_error").await);
@@ -240,17 +256,14 @@ where
         };
         self.info.touch();
         // Any traffic proves the peer alive; a pong is only the explicit proof.
+        self.awaiting_pong_until = None;
         match message {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
                 warn!("binary frame received; OCPP-J uses text frames only");
                 Some(self.close(1003, "binary_frame").await)
             }
-            Message::Pong(_) => {
-                self.awaiting_pong_until = None;
-                None
-            }
-            Message::Ping(_) | Message::Frame(_) => None,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
             Message::Close(frame) => {
                 let close_code = frame.as_ref().map(|f| u16::from(f.code));
                 // tungstenite queues the close reply; drive it out until the stream ends.
