@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::{
     commands::{self, CommandRejected},
     gateway::Shared,
-    session::{CallOutcome, SessionHandle},
+    session::{CallOutcome, QueueMode, SessionHandle},
 };
 
 /// Largest page of `GET /api/v1/connections`.
@@ -234,8 +234,15 @@ async fn send_command(
                 .into_response()
         }
     };
-    let outcome =
-        commands::send_command(&shared, &id, &command.action, &command.payload, timeout).await;
+    let outcome = commands::send_command(
+        &shared,
+        &id,
+        &command.action,
+        &command.payload,
+        timeout,
+        QueueMode::FailFast,
+    )
+    .await;
     match outcome {
         Err(rejected) => {
             let violations = match &rejected {

@@ -10,7 +10,10 @@ use std::time::Duration;
 use ocpp::{catalogue, OcppVersion, PayloadKind, ViolationDetail};
 use serde_json::{value::RawValue, Value};
 
-use crate::{gateway::Shared, session::CallOutcome};
+use crate::{
+    gateway::Shared,
+    session::{CallOutcome, QueueMode},
+};
 
 /// A command refused before anything was sent.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -46,6 +49,7 @@ pub async fn send_command(
     action: &str,
     payload: &Value,
     timeout: Option<Duration>,
+    mode: QueueMode,
 ) -> Result<CallOutcome, CommandRejected> {
     let Some(session) = shared.registry.get(charge_point_id) else {
         return Ok(CallOutcome::NotConnected);
@@ -87,5 +91,5 @@ pub async fn send_command(
         }
     })?;
     let timeout = timeout.unwrap_or(shared.config.session.call_timeout);
-    Ok(session.call(action, raw, timeout).await)
+    Ok(session.call(action, raw, timeout, mode).await)
 }

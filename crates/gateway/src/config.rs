@@ -26,6 +26,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "admin",
     "shutdown",
     "log",
+    "kafka",
+    "backend",
 ];
 
 /// The whole gateway configuration.
@@ -50,6 +52,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Kafka bus (off while `kafka.brokers` is empty).
+    pub kafka: KafkaConfig,
+    /// Actions answered by the backend through Kafka.
+    pub backend: BackendConfig,
 }
 
 /// The OCPP WebSocket listener.
@@ -201,6 +207,143 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// The Kafka bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated (`host:port,...`); empty turns Kafka off.
+    pub brokers: String,
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// Create missing topics at start (retried until the brokers answer).
+    pub create_topics: bool,
+    /// Partitions of topics the gateway creates.
+    pub topic_partitions: i32,
+    /// Replication factor of topics the gateway creates.
+    pub topic_replication: i32,
+    /// How long the producer tries to deliver an event before giving up (a durable
+    /// CALL then gets a CALLERROR and the charge point retries).
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Records submitted but not yet acknowledged by the brokers; when reached,
+    /// sessions wait (and stop reading their sockets).
+    pub max_in_flight: usize,
+    /// Consumer group of the command consumer.
+    pub command_group: String,
+    /// Commands processed at the same time (each waits for its charge point).
+    pub max_concurrent_commands: usize,
+    /// A command id seen again within this window is not sent to the charge point again.
+    #[serde(with = "humantime_serde")]
+    pub command_dedup_window: Duration,
+    /// Extra librdkafka settings for the producer (override the gateway's own).
+    pub producer: std::collections::BTreeMap<String, String>,
+    /// Extra librdkafka settings for the consumers (override the gateway's own).
+    pub consumer: std::collections::BTreeMap<String, String>,
+}
+
+/// Kafka topic names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Events from charge points.
+    pub events: String,
+    /// Commands from the backend.
+    pub commands: String,
+    /// One result per command.
+    pub command_results: String,
+    /// The backend's answers to backend-answered CALLs.
+    pub replies: String,
+}
+
+/// What a charge point gets when the backend does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyFallback {
+    /// The local responder's answer.
+    Local,
+    /// A CALLERROR (InternalError); the charge point retries.
+    Error,
+}
+
+/// Actions answered by the backend (only while Kafka is on).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Charge point actions whose answer comes from the backend via the replies topic.
+    pub actions: Vec<String>,
+    /// How long to wait for the backend's reply.
+    #[serde(with = "humantime_serde")]
+    pub reply_timeout: Duration,
+    /// What the charge point gets when no valid reply arrives in time.
+    pub on_timeout: ReplyFallback,
+    /// Per-action overrides of `on_timeout`.
+    pub on_timeout_by_action: std::collections::BTreeMap<String, ReplyFallback>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topics: TopicsConfig::default(),
+            create_topics: true,
+            topic_partitions: 12,
+            topic_replication: 3,
+            delivery_timeout: Duration::from_secs(10),
+            max_in_flight: 10_000,
+            command_group: "charge-point-gateway".to_owned(),
+            max_concurrent_commands: 1000,
+            command_dedup_window: Duration::from_secs(600),
+            producer: Default::default(),
+            consumer: Default::default(),
+        }
+    }
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            events: "ocpp.events".to_owned(),
+            commands: "ocpp.commands".to_owned(),
+            command_results: "ocpp.command-results".to_owned(),
+            replies: "ocpp.replies".to_owned(),
+        }
+    }
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            actions: ["Authorize", "StartTransaction", "DataTransfer"]
+                .map(String::from)
+                .to_vec(),
+            reply_timeout: Duration::from_secs(10),
+            on_timeout: ReplyFallback::Local,
+            // A locally invented transaction id would be unknown to the backend: let the
+            // charge point retry StartTransaction instead.
+            on_timeout_by_action: [("StartTransaction".to_owned(), ReplyFallback::Error)]
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Whether Kafka is configured.
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+}
+
+impl BackendConfig {
+    /// The fallback for `action` when the backend does not answer.
+    pub fn fallback_for(&self, action: &str) -> ReplyFallback {
+        self.on_timeout_by_action
+            .get(action)
+            .copied()
+            .unwrap_or(self.on_timeout)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -216,6 +359,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
+            kafka: KafkaConfig::default(),
+            backend: BackendConfig::default(),
         }
     }
 }
@@ -460,6 +605,73 @@ impl Config {
                 option: "events.durable_actions",
                 reason: format!("{unknown:?} is not an OCPP action of any supported version"),
             });
+        }
+        let not_an_action = |action: &String| {
+            !OcppVersion::ALL.into_iter().any(|version| {
+                ocpp::catalogue::initiator(version, action)
+                    .is_some_and(|i| i.charge_point_may_send())
+            })
+        };
+        if let Some(unknown) = self.backend.actions.iter().find(|a| not_an_action(a)) {
+            return Err(ConfigError::Invalid {
+                option: "backend.actions",
+                reason: format!("{unknown:?} is not an action charge points send"),
+            });
+        }
+        if let Some(unknown) = self
+            .backend
+            .on_timeout_by_action
+            .keys()
+            .find(|a| not_an_action(a))
+        {
+            return Err(ConfigError::Invalid {
+                option: "backend.on_timeout_by_action",
+                reason: format!("{unknown:?} is not an action charge points send"),
+            });
+        }
+        if self.backend.reply_timeout.is_zero() {
+            return invalid("backend.reply_timeout", "must be greater than zero");
+        }
+        let kafka = &self.kafka;
+        let topics = [
+            ("kafka.topics.events", &kafka.topics.events),
+            ("kafka.topics.commands", &kafka.topics.commands),
+            (
+                "kafka.topics.command_results",
+                &kafka.topics.command_results,
+            ),
+            ("kafka.topics.replies", &kafka.topics.replies),
+        ];
+        for (option, topic) in topics {
+            let legal = !topic.is_empty()
+                && topic.len() <= 249
+                && topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !legal {
+                return invalid(
+                    option,
+                    "must be 1-249 characters of letters, digits, '.', '_' and '-'",
+                );
+            }
+        }
+        if kafka.topic_partitions < 1 {
+            return invalid("kafka.topic_partitions", "must be at least 1");
+        }
+        if kafka.topic_replication < 1 {
+            return invalid("kafka.topic_replication", "must be at least 1");
+        }
+        if kafka.delivery_timeout < Duration::from_millis(100) {
+            return invalid("kafka.delivery_timeout", "must be at least 100ms");
+        }
+        if kafka.max_in_flight == 0 || kafka.max_in_flight > 1_000_000 {
+            return invalid("kafka.max_in_flight", "must be between 1 and 1000000");
+        }
+        if kafka.max_concurrent_commands == 0 {
+            return invalid("kafka.max_concurrent_commands", "must be at least 1");
+        }
+        if kafka.command_group.is_empty() {
+            return invalid("kafka.command_group", "must not be empty");
         }
         if self.admin.api_token.as_deref() == Some("") {
             return invalid("admin.api_token", "must not be empty when set");

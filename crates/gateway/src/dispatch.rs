@@ -7,8 +7,10 @@ use serde_json::{json, value::RawValue, Value};
 use tracing::{debug, warn};
 
 use crate::{
+    config::ReplyFallback,
     event::{Event, EventData, MessageData, MESSAGE_RECEIVED},
     gateway::Shared,
+    kafka::replies::Reply,
     session::ConnectionInfo,
 };
 
@@ -140,6 +142,11 @@ pub async fn handle_call(
         }
     }
 
+    // Registered before the event is published, so that a fast reply cannot be missed.
+    let reply_wait = shared
+        .is_backend_answered(&action)
+        .then(|| shared.replies.expect(&info.charge_point_id, &message_id));
+
     let mut data = MessageData::new(
         version,
         MessageType::Call,
@@ -156,12 +163,14 @@ pub async fn handle_call(
         EventData::Message(data),
     );
     let durable = shared.is_durable(&action);
+    // The backend can only answer what reached it: a backend-answered CALL waits too.
+    let must_land = durable || reply_wait.is_some();
     let delivered = match shared.publish(event).await {
-        Ok(delivery) if durable => delivery.await,
+        Ok(delivery) if must_land => delivery.await,
         Ok(_) => Ok(()),
         Err(e) => Err(e),
     };
-    if let Err(e) = delivered {
+    if let Err(e) = &delivered {
         warn!(%message_id, %action, error = %e, durable, "event not stored");
         if durable {
             return CallReply::refusal(
@@ -173,32 +182,91 @@ pub async fn handle_call(
         }
     }
 
-    match shared.responder.answer(version, &action, &request) {
-        Ok(response) => {
-            let text = response.to_string();
-            match RawValue::from_string(text) {
-                Ok(raw) => CallReply {
-                    frame: frame::encode_call_result(&message_id, &raw),
-                    bad_message: false,
-                },
-                Err(e) => CallReply::refusal(
-                    &message_id,
-                    version,
-                    ErrorCode::InternalError,
-                    &e.to_string(),
-                ),
+    if let Some(wait) = reply_wait {
+        let reply = match delivered {
+            Ok(()) => wait.wait(shared.config.backend.reply_timeout).await,
+            Err(_) => None,
+        };
+        match backend_answer(&shared, version, &action, &message_id, reply) {
+            Some(reply) => return reply,
+            None => {
+                if shared.config.backend.fallback_for(&action) == ReplyFallback::Error {
+                    return CallReply::refusal(
+                        &message_id,
+                        version,
+                        ErrorCode::InternalError,
+                        "the backend did not answer in time; retry later",
+                    );
+                }
+                debug!(%message_id, %action, "backend did not answer; local answer instead");
             }
         }
-        Err(refusal) => CallReply {
-            frame: frame::encode_call_error(
-                &message_id,
-                refusal.code,
-                version,
-                &refusal.description,
-                &json!({}),
-            ),
+    }
+    local_answer(&shared, version, &action, &message_id, &request)
+}
+
+fn local_answer(
+    shared: &Shared,
+    version: OcppVersion,
+    action: &str,
+    message_id: &str,
+    request: &Value,
+) -> CallReply {
+    match shared.responder.answer(version, action, request) {
+        Ok(response) => result_reply(message_id, version, &response),
+        Err(refusal) => CallReply::refusal(message_id, version, refusal.code, &refusal.description),
+    }
+}
+
+fn result_reply(message_id: &str, version: OcppVersion, response: &Value) -> CallReply {
+    match RawValue::from_string(response.to_string()) {
+        Ok(raw) => CallReply {
+            frame: frame::encode_call_result(message_id, &raw),
             bad_message: false,
         },
+        Err(e) => CallReply::refusal(
+            message_id,
+            version,
+            ErrorCode::InternalError,
+            &e.to_string(),
+        ),
+    }
+}
+
+/// The CALLRESULT or CALLERROR for a backend reply; `None` when there is no usable one
+/// (none arrived in time, or its payload fails the response schema).
+fn backend_answer(
+    shared: &Shared,
+    version: OcppVersion,
+    action: &str,
+    message_id: &str,
+    reply: Option<Reply>,
+) -> Option<CallReply> {
+    match reply? {
+        Reply::Payload(payload) => {
+            match shared
+                .schemas
+                .validate(version, action, PayloadKind::Response, &payload)
+            {
+                Some(Ok(_)) => Some(result_reply(message_id, version, &payload)),
+                Some(Err(violation)) => {
+                    warn!(%message_id, %action, error = %violation, "backend reply fails the response schema; not sent");
+                    None
+                }
+                None => None,
+            }
+        }
+        Reply::Error {
+            code,
+            description,
+            details,
+        } => {
+            let code = ErrorCode::parse(&code).unwrap_or(ErrorCode::GenericError);
+            Some(CallReply {
+                frame: frame::encode_call_error(message_id, code, version, &description, &details),
+                bad_message: false,
+            })
+        }
     }
 }
 

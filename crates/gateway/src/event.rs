@@ -47,6 +47,8 @@ pub enum EventData {
     Opened(OpenedData),
     /// The charge point disconnected.
     Closed(ClosedData),
+    /// The result of a backend command (Kafka command results topic).
+    CommandResult(Box<crate::kafka::commands::CommandResult>),
 }
 
 /// An OCPP message received from a charge point.

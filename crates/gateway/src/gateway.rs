@@ -29,6 +29,7 @@ use crate::{
     config::{Config, EventOutput},
     event::Event,
     handshake::{Accepted, HandshakePolicy, Refusal},
+    kafka::{self, replies::ReplyRouter, KafkaBus, KafkaSink},
     registry::Registry,
     responder::LocalResponder,
     session::{self, ConnectionInfo, SessionHandle},
@@ -60,13 +61,23 @@ pub struct Shared {
     pub listening: AtomicBool,
     /// Whether shutdown has begun.
     pub draining: AtomicBool,
+    /// The Kafka bus, when configured.
+    pub bus: Option<Arc<KafkaBus>>,
+    /// Waits for backend replies (used while the bus is on).
+    pub replies: Arc<ReplyRouter>,
     durable_actions: HashSet<String>,
+    backend_actions: HashSet<String>,
 }
 
 impl Shared {
     /// Whether `action`'s CALLRESULT waits for its event to be durable.
     pub fn is_durable(&self, action: &str) -> bool {
         self.durable_actions.contains(action)
+    }
+
+    /// Whether `action` is answered by the backend (Kafka on and the action configured).
+    pub fn is_backend_answered(&self, action: &str) -> bool {
+        self.bus.is_some() && self.backend_actions.contains(action)
     }
 
     /// Records `event` in the ring and submits it to the sink (waiting for room).
@@ -133,6 +144,9 @@ pub enum StartError {
     /// The embedded schemas did not compile (a build defect).
     #[error(transparent)]
     Schemas(#[from] ocpp::validate::SchemaCompileError),
+    /// The Kafka client rejected its configuration.
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::BusConfigError),
 }
 
 impl Gateway {
@@ -143,16 +157,29 @@ impl Gateway {
             EventOutput::File => Output::File(config.events.file.clone().unwrap_or_default()),
             EventOutput::None => Output::Discard,
         };
+        if config.kafka.enabled() {
+            let bus = KafkaBus::new(&config.kafka)?;
+            let sink = Arc::new(KafkaSink::new(bus.clone()));
+            return Gateway::bind_parts(config, sink, Some(bus)).await;
+        }
         let sink = EmbeddedSink::start(output, config.events.queue_capacity)
             .await
             .map_err(StartError::EventOutput)?;
-        Gateway::bind_with_sink(config, Arc::new(sink)).await
+        Gateway::bind_parts(config, Arc::new(sink), None).await
     }
 
-    /// Like [`Gateway::bind`], with events going to `sink`.
+    /// Like [`Gateway::bind`] without Kafka, with events going to `sink`.
     pub async fn bind_with_sink(
         config: Config,
         sink: Arc<dyn EventSink>,
+    ) -> Result<Gateway, StartError> {
+        Gateway::bind_parts(config, sink, None).await
+    }
+
+    async fn bind_parts(
+        config: Config,
+        sink: Arc<dyn EventSink>,
+        bus: Option<Arc<KafkaBus>>,
     ) -> Result<Gateway, StartError> {
         let schemas = SchemaSet::compile(Leniency {
             timestamps_without_zone: config.validation.accept_timestamps_without_zone,
@@ -168,6 +195,9 @@ impl Gateway {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             durable_actions: config.events.durable_actions.iter().cloned().collect(),
+            backend_actions: config.backend.actions.iter().cloned().collect(),
+            bus,
+            replies: Arc::new(ReplyRouter::default()),
             config,
         });
         Ok(Gateway {
@@ -236,10 +266,29 @@ impl Gateway {
             sessions.clone(),
             stop_accepting.clone(),
         ));
+        let stop_commands = CancellationToken::new();
+        let stop_bus = CancellationToken::new();
+        let mut command_task = None;
+        if let Some(bus) = &shared.bus {
+            tokio::spawn(bus.clone().monitor(stop_bus.clone()));
+            tokio::spawn(
+                shared
+                    .replies
+                    .clone()
+                    .consume(bus.config().clone(), stop_bus.clone()),
+            );
+            command_task = Some(tokio::spawn(kafka::commands::run(
+                shared.clone(),
+                bus.clone(),
+                stop_commands.clone(),
+            )));
+        }
 
         shutdown.await;
         info!("shutdown requested; draining");
         shared.draining.store(true, Ordering::Relaxed);
+        // No new commands; those in progress end with their sessions below.
+        stop_commands.cancel();
         stop_accepting.cancel();
         let _ = accept_task.await;
         shared.listening.store(false, Ordering::Relaxed);
@@ -257,7 +306,11 @@ impl Gateway {
                 "sessions still open after the drain time"
             );
         }
+        if let Some(task) = command_task {
+            let _ = task.await;
+        }
         shared.sink.flush().await;
+        stop_bus.cancel();
         stop_admin.cancel();
         let _ = admin_task.await;
         info!("shutdown complete");

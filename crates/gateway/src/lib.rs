@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod event;
 pub mod gateway;
 pub mod handshake;
+pub mod kafka;
 pub mod registry;
 pub mod responder;
 pub mod session;

@@ -159,6 +159,15 @@ pub struct CloseRequest {
     pub reason: &'static str,
 }
 
+/// What a call does when the session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueMode {
+    /// Answer [`CallOutcome::QueueFull`] at once (interactive callers).
+    FailFast,
+    /// Wait for room within the call's timeout (the Kafka command consumer).
+    Wait,
+}
+
 /// A cloneable handle to one live session.
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -213,7 +222,9 @@ impl SessionHandle {
     }
 
     /// Sends a CALL to the charge point and waits for its outcome, at most `timeout`
-    /// (counted from now, including time spent waiting behind earlier calls).
+    /// (counted from now, including time spent waiting behind earlier calls). With
+    /// [`QueueMode::FailFast`] a full queue answers [`CallOutcome::QueueFull`] at once;
+    /// with [`QueueMode::Wait`] the call waits for room within its timeout.
     ///
     /// The payload must already be valid for the connection's version.
     pub async fn call(
@@ -221,6 +232,7 @@ impl SessionHandle {
         action: &str,
         payload: Box<RawValue>,
         timeout: Duration,
+        mode: QueueMode,
     ) -> CallOutcome {
         let (reply, outcome) = oneshot::channel();
         let call = Box::new(OutboundCall {
@@ -229,10 +241,17 @@ impl SessionHandle {
             deadline: Instant::now() + timeout,
             reply,
         });
-        match self.calls.try_send(call) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => return CallOutcome::QueueFull,
-            Err(mpsc::error::TrySendError::Closed(_)) => return CallOutcome::NotConnected,
+        match mode {
+            QueueMode::FailFast => match self.calls.try_send(call) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => return CallOutcome::QueueFull,
+                Err(mpsc::error::TrySendError::Closed(_)) => return CallOutcome::NotConnected,
+            },
+            QueueMode::Wait => match self.calls.send_timeout(call, timeout).await {
+                Ok(()) => {}
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => return CallOutcome::Timeout,
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => return CallOutcome::NotConnected,
+            },
         }
         // The session answers every call by its deadline; a dropped sender means the
         // session ended first.

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 pub use handle::{
     CallErrorInfo, CallOutcome, CloseRequest, ConnectionInfo, ErrorOrigin, PendingCallInfo,
-    SessionHandle,
+    QueueMode, SessionHandle,
 };
 pub(crate) use handle::{OutboundCall, SessionEnd};
 

@@ -1,6 +1,8 @@
 //! Test harness: the real gateway on 127.0.0.1:0, a real WebSocket client, a real HTTP client.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use charge_point_gateway::{
@@ -49,6 +51,7 @@ impl TestGateway {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        init_test_logging();
         let mut config = test_config();
         adjust(&mut config);
         config.validate().expect("test config is valid");
@@ -193,6 +196,16 @@ impl Drop for TestGateway {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// Gateway logs in test output when `TEST_LOG` names a filter (e.g. `TEST_LOG=debug`).
+pub fn init_test_logging() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     }
 }
 

@@ -1,0 +1,473 @@
+//! The command consumer: backend commands from Kafka to charge points, and exactly one
+//! result record per command.
+//!
+//! Commands are processed concurrently (each may wait for its charge point), but a
+//! partition's offset is committed only up to the oldest command whose result is not yet
+//! acknowledged by the brokers: a crash redelivers every command without a durable result.
+//! Between consume and call sits the single step a cluster will extend: finding the
+//! session ([`crate::commands::send_command`]).
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use rdkafka::{
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    Message, Offset, TopicPartitionList,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::{sync::Semaphore, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::{client_config, KafkaBus, CLOUDEVENTS_CONTENT_TYPE};
+use crate::{
+    commands::{send_command, CommandRejected},
+    event::{Event, EventData},
+    gateway::Shared,
+    session::{CallOutcome, QueueMode},
+};
+
+/// CloudEvents `type` of a command result.
+pub const COMMAND_RESULT: &str = "chargepointgateway.command.result";
+
+/// How long to wait before retrying to set up the consumer or to produce a result.
+const RETRY: Duration = Duration::from_secs(1);
+/// Most command ids remembered for de-duplication.
+const MAX_REMEMBERED_IDS: usize = 200_000;
+
+/// A command record (plain JSON, or the `data` of a CloudEvent).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CommandRecord {
+    command_id: String,
+    charge_point_id: String,
+    action: String,
+    payload: Value,
+    expires_at: Option<DateTime<Utc>>,
+    timeout_seconds: Option<u64>,
+}
+
+/// The `data` of a command result record.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandResult {
+    /// The command's id.
+    pub command_id: String,
+    /// The target charge point (`null` when the record did not name one).
+    pub charge_point_id: Option<String>,
+    /// The command's action (`null` when the record did not name one).
+    pub action: Option<String>,
+    /// `completed`, `callError`, `timeout`, `notConnected`, `expired` or `invalid`.
+    pub status: &'static str,
+    /// The charge point's CALLRESULT payload (`completed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<Value>,
+    /// What went wrong (every other status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    /// When the gateway read the command.
+    pub received_at: DateTime<Utc>,
+    /// When the outcome was known.
+    pub completed_at: DateTime<Utc>,
+    /// The gateway instance that handled it.
+    pub gateway_node: String,
+}
+
+/// Command ids seen recently.
+struct Dedup {
+    window: Duration,
+    seen: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Dedup {
+    fn new(window: Duration) -> Dedup {
+        Dedup {
+            window,
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Records `id`; `false` when it was already seen within the window.
+    fn first_sighting(&mut self, id: &str) -> bool {
+        let now = Instant::now();
+        while let Some((at, old)) = self.order.front() {
+            if now.duration_since(*at) < self.window && self.order.len() < MAX_REMEMBERED_IDS {
+                break;
+            }
+            if self.seen.get(old) == Some(at) {
+                self.seen.remove(old);
+            }
+            self.order.pop_front();
+        }
+        if self.seen.contains_key(id) {
+            return false;
+        }
+        self.seen.insert(id.to_owned(), now);
+        self.order.push_back((now, id.to_owned()));
+        true
+    }
+}
+
+/// Offsets in flight per partition; yields the offset to commit as results complete.
+#[derive(Default)]
+struct OffsetTracker {
+    partitions: HashMap<i32, PartitionOffsets>,
+}
+
+#[derive(Default)]
+struct PartitionOffsets {
+    in_flight: BTreeSet<i64>,
+    next: i64,
+    committed: i64,
+}
+
+impl OffsetTracker {
+    fn start(&mut self, partition: i32, offset: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        p.in_flight.insert(offset);
+        p.next = p.next.max(offset + 1);
+    }
+
+    /// Marks `offset` done; returns the new commit position when it advanced.
+    fn finish(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&partition)?;
+        p.in_flight.remove(&offset);
+        let position = p.in_flight.first().copied().unwrap_or(p.next);
+        (position > p.committed).then(|| {
+            p.committed = position;
+            position
+        })
+    }
+}
+
+/// Runs the command consumer until `stop`, then waits for commands in progress.
+pub async fn run(shared: Arc<Shared>, bus: Arc<KafkaBus>, stop: CancellationToken) {
+    let dedup = Arc::new(Mutex::new(Dedup::new(bus.config().command_dedup_window)));
+    loop {
+        match run_once(&shared, &bus, &dedup, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(error = %e, "command consumer not running; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn run_once(
+    shared: &Arc<Shared>,
+    bus: &Arc<KafkaBus>,
+    dedup: &Arc<Mutex<Dedup>>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let config = bus.config();
+    let mut client = client_config(config, &config.consumer);
+    client
+        .set("group.id", &config.command_group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    let consumer: Arc<StreamConsumer> = Arc::new(client.create().map_err(|e| e.to_string())?);
+    consumer
+        .subscribe(&[&config.topics.commands])
+        .map_err(|e| e.to_string())?;
+    info!(topic = %config.topics.commands, group = %config.command_group, "command consumer subscribed");
+    let limit = config.max_concurrent_commands;
+    let slots = Arc::new(Semaphore::new(limit));
+    let offsets = Arc::new(Mutex::new(OffsetTracker::default()));
+    loop {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.map_err(|e| e.to_string())?,
+        };
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                warn!(error = %e, "command consumer error");
+                continue;
+            }
+        };
+        let received_at = Utc::now();
+        let (topic, partition, offset) = (
+            message.topic().to_owned(),
+            message.partition(),
+            message.offset(),
+        );
+        let record = message.payload().unwrap_or_default().to_vec();
+        offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start(partition, offset);
+        let (shared, bus, dedup, offsets, consumer, stop) = (
+            shared.clone(),
+            bus.clone(),
+            dedup.clone(),
+            offsets.clone(),
+            consumer.clone(),
+            stop.clone(),
+        );
+        let span = info_span!("command", partition, offset);
+        tokio::spawn(
+            async move {
+                if let Some(result) = handle(&shared, &dedup, &record, received_at).await {
+                    publish_result(&bus, result, &stop).await;
+                }
+                let position = offsets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .finish(partition, offset);
+                if let Some(position) = position {
+                    let mut commit = TopicPartitionList::new();
+                    if commit
+                        .add_partition_offset(&topic, partition, Offset::Offset(position))
+                        .is_ok()
+                    {
+                        if let Err(e) = consumer.commit(&commit, CommitMode::Async) {
+                            warn!(error = %e, position, "command offset not committed");
+                        }
+                    }
+                }
+                drop(slot);
+            }
+            .instrument(span),
+        );
+    }
+    // Let commands in progress finish (sessions are being closed, so they end soon).
+    let drain = shared.config.shutdown.drain_time + shared.config.session.call_timeout;
+    if tokio::time::timeout(drain, slots.acquire_many(limit as u32))
+        .await
+        .is_err()
+    {
+        warn!("commands still in progress at shutdown");
+    }
+    Ok(())
+}
+
+/// Handles one record; `None` when no result is owed (a duplicate, or no command id).
+async fn handle(
+    shared: &Shared,
+    dedup: &Mutex<Dedup>,
+    record: &[u8],
+    received_at: DateTime<Utc>,
+) -> Option<CommandResult> {
+    let node = shared.config.node_id.clone();
+    let value: Value = match serde_json::from_slice(record) {
+        Ok(value) => value,
+        Err(e) => {
+            warn!(error = %e, "command record is not JSON and has no commandId; skipped");
+            return None;
+        }
+    };
+    let body = if value.get("specversion").is_some() {
+        value.get("data").cloned().unwrap_or(Value::Null)
+    } else {
+        value
+    };
+    let invalid = |command_id: String, body: &Value, description: String| CommandResult {
+        command_id,
+        charge_point_id: body["chargePointId"].as_str().map(str::to_owned),
+        action: body["action"].as_str().map(str::to_owned),
+        status: "invalid",
+        response: None,
+        error: Some(json!({ "description": description })),
+        received_at,
+        completed_at: Utc::now(),
+        gateway_node: node.clone(),
+    };
+    let command: CommandRecord = match serde_json::from_value(body.clone()) {
+        Ok(command) => command,
+        Err(e) => {
+            return match body["commandId"].as_str() {
+                Some(id) if !id.is_empty() => Some(invalid(
+                    id.to_owned(),
+                    &body,
+                    format!("malformed command: {e}"),
+                )),
+                _ => {
+                    warn!(error = %e, "command record has no commandId; skipped");
+                    None
+                }
+            };
+        }
+    };
+    if !dedup
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .first_sighting(&command.command_id)
+    {
+        info!(command_id = %command.command_id, "duplicate command id within the window; not sent again");
+        return None;
+    }
+    let result =
+        |status: &'static str, response: Option<Value>, error: Option<Value>| CommandResult {
+            command_id: command.command_id.clone(),
+            charge_point_id: Some(command.charge_point_id.clone()),
+            action: Some(command.action.clone()),
+            status,
+            response,
+            error,
+            received_at,
+            completed_at: Utc::now(),
+            gateway_node: node.clone(),
+        };
+    if command.command_id.is_empty() || !command.payload.is_object() {
+        return Some(invalid(
+            command.command_id.clone(),
+            &body,
+            "commandId must not be empty and payload must be an object".to_owned(),
+        ));
+    }
+    let remaining = command
+        .expires_at
+        .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+    if remaining == Some(Duration::ZERO) {
+        return Some(result(
+            "expired",
+            None,
+            Some(json!({ "description": "expiresAt has passed" })),
+        ));
+    }
+    let requested = command
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(shared.config.session.call_timeout);
+    let timeout = remaining.map_or(requested, |left| left.min(requested));
+    debug!(command_id = %command.command_id, charge_point_id = %command.charge_point_id, action = %command.action, "sending command");
+    let outcome = send_command(
+        shared,
+        &command.charge_point_id,
+        &command.action,
+        &command.payload,
+        Some(timeout),
+        QueueMode::Wait,
+    )
+    .await;
+    Some(match outcome {
+        Err(rejected) => {
+            let violations = match &rejected {
+                CommandRejected::InvalidPayload { violations, .. } => json!(violations),
+                CommandRejected::UnknownAction { .. } => json!([]),
+            };
+            result(
+                "invalid",
+                None,
+                Some(json!({ "description": rejected.to_string(), "violations": violations })),
+            )
+        }
+        Ok(CallOutcome::Completed(response)) => {
+            let response = serde_json::from_str(response.get()).unwrap_or(Value::Null);
+            result("completed", Some(response), None)
+        }
+        Ok(CallOutcome::CallError(error)) => {
+            result("callError", None, serde_json::to_value(error).ok())
+        }
+        Ok(CallOutcome::Timeout) => {
+            let expired = command.expires_at.is_some_and(|at| at <= Utc::now());
+            let status = if expired { "expired" } else { "timeout" };
+            result(
+                status,
+                None,
+                Some(json!({ "description": "the charge point did not answer in time" })),
+            )
+        }
+        Ok(CallOutcome::NotConnected | CallOutcome::QueueFull) => result(
+            "notConnected",
+            None,
+            Some(json!({ "description": "the charge point is not connected to this gateway" })),
+        ),
+    })
+}
+
+/// Produces a result, retrying until the brokers acknowledge it or shutdown.
+async fn publish_result(bus: &Arc<KafkaBus>, result: CommandResult, stop: &CancellationToken) {
+    let subject = result
+        .charge_point_id
+        .clone()
+        .unwrap_or_else(|| result.command_id.clone());
+    let (command_id, status) = (result.command_id.clone(), result.status);
+    let node = result.gateway_node.clone();
+    let event = Event::new(
+        &node,
+        COMMAND_RESULT,
+        &subject,
+        EventData::CommandResult(Box::new(result)),
+    );
+    let Ok(value) = serde_json::to_vec(&event) else {
+        return;
+    };
+    loop {
+        let produced = bus
+            .produce(
+                &bus.config().topics.command_results,
+                &subject,
+                value.clone(),
+                CLOUDEVENTS_CONTENT_TYPE,
+            )
+            .await;
+        let acked = match produced {
+            Ok(acked) => acked.await.unwrap_or(Err(crate::sink::SinkError::Closed)),
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(()) => {
+                debug!(%command_id, status, "command result produced");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, %command_id, "command result not produced; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        warn!(%command_id, "shutdown before the command result was produced; the command will be redelivered");
+                        return;
+                    }
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_position_waits_for_the_oldest_in_flight() {
+        let mut tracker = OffsetTracker::default();
+        for offset in 10..13 {
+            tracker.start(0, offset);
+        }
+        // 10 is still in flight: the position stays at 10 however many later ones finish.
+        assert_eq!(tracker.finish(0, 11), Some(10));
+        assert_eq!(tracker.finish(0, 12), None);
+        assert_eq!(tracker.finish(0, 10), Some(13));
+        tracker.start(1, 0);
+        assert_eq!(tracker.finish(1, 0), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dedup_remembers_within_the_window() {
+        let mut dedup = Dedup::new(Duration::from_secs(60));
+        assert!(dedup.first_sighting("a"));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!dedup.first_sighting("a"));
+        assert!(dedup.first_sighting("b"));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(dedup.first_sighting("a"));
+        assert!(!dedup.first_sighting("b"));
+    }
+}

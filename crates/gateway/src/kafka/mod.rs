@@ -1,0 +1,328 @@
+//! The Kafka bus: events out, backend replies in, commands in, command results out.
+//!
+//! One idempotent producer (`acks=all`) carries every record the gateway writes. A
+//! semaphore bounds the records waiting for broker acknowledgement: when it is exhausted,
+//! whoever produces waits, which is how a slow or absent broker slows the sockets down
+//! instead of growing memory.
+
+pub mod commands;
+pub mod replies;
+mod sink;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::Duration,
+};
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer},
+};
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use sink::KafkaSink;
+
+use crate::{config::KafkaConfig, sink::SinkError};
+
+/// How often the bus checks that the brokers answer.
+const MONITOR_INTERVAL: Duration = Duration::from_secs(2);
+/// How long one broker check may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The `content-type` header of CloudEvents in structured JSON mode.
+pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// The shared producer and the bus's health.
+pub struct KafkaBus {
+    config: KafkaConfig,
+    // Replaced as a whole after a fatal error: an idempotent producer that lost track of
+    // its sequence (e.g. a broker that fences the epoch bump after timeouts) never
+    // recovers, and librdkafka requires a new instance.
+    producer: RwLock<Arc<FutureProducer>>,
+    in_flight: Arc<Semaphore>,
+    connected: AtomicBool,
+    topics_ready: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+/// The bus could not be set up (a configuration problem).
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka client configuration rejected: {0}")]
+pub struct BusConfigError(#[from] KafkaError);
+
+/// Base librdkafka settings every gateway client shares, then the user's overrides.
+pub(crate) fn client_config(
+    config: &KafkaConfig,
+    overrides: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", "charge-point-gateway")
+        .set("socket.keepalive.enable", "true")
+        .set("reconnect.backoff.max.ms", "2000");
+    for (key, value) in overrides {
+        client.set(key, value);
+    }
+    client
+}
+
+impl KafkaBus {
+    /// Creates the producer. Does not wait for the brokers: an absent broker is a
+    /// run-time state (`/readyz` says so), not a start-up failure.
+    pub fn new(config: &KafkaConfig) -> Result<Arc<KafkaBus>, BusConfigError> {
+        let producer = Self::create_producer(config)?;
+        Ok(Arc::new(KafkaBus {
+            config: config.clone(),
+            producer: RwLock::new(Arc::new(producer)),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            connected: AtomicBool::new(false),
+            topics_ready: AtomicBool::new(!config.create_topics),
+            last_error: Mutex::new(Some("not connected yet".to_owned())),
+        }))
+    }
+
+    fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("client.id", "charge-point-gateway")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set(
+                "message.timeout.ms",
+                config.delivery_timeout.as_millis().to_string(),
+            )
+            // Above max_in_flight, so the semaphore (not librdkafka) is what waits.
+            .set(
+                "queue.buffering.max.messages",
+                (config.max_in_flight * 2 + 1000).to_string(),
+            )
+            .set("reconnect.backoff.max.ms", "2000");
+        for (key, value) in &config.producer {
+            client.set(key, value);
+        }
+        client.create()
+    }
+
+    fn producer(&self) -> Arc<FutureProducer> {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces `failed` with a new producer when `error` shows that its idempotence
+    /// state is lost (once: callers that saw the same failed instance do not replace its
+    /// successor).
+    fn recover_from_fatal(&self, failed: &Arc<FutureProducer>, error: &KafkaError) {
+        let (code, reason) = match failed.client().fatal_error() {
+            Some(fatal) => fatal,
+            None => match error.rdkafka_error_code() {
+                Some(
+                    code @ (RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::InvalidProducerIdMapping
+                    | RDKafkaErrorCode::Fatal),
+                ) => (code, error.to_string()),
+                _ => return,
+            },
+        };
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        match Self::create_producer(&self.config) {
+            Ok(fresh) => {
+                warn!(error = %code, %reason, "Kafka producer hit a fatal error; replaced it with a new instance");
+                *current = Arc::new(fresh);
+            }
+            Err(e) => warn!(error = %e, "Kafka producer could not be recreated"),
+        }
+    }
+
+    /// Records produced and not yet acknowledged (at most `kafka.max_in_flight`).
+    pub fn in_flight(&self) -> usize {
+        self.config.max_in_flight - self.in_flight.available_permits()
+    }
+
+    /// The Kafka configuration in force.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// Whether the brokers answered the last check (and topics exist, when the gateway
+    /// creates them), or why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.connected.load(Ordering::Relaxed) && self.topics_ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| "Kafka not ready".to_owned()))
+        }
+    }
+
+    /// Produces one record, waiting while `max_in_flight` records are unacknowledged.
+    /// The returned receiver resolves when the brokers acknowledged (or refused) it.
+    pub async fn produce(
+        self: &Arc<Self>,
+        topic: &str,
+        key: &str,
+        value: Vec<u8>,
+        content_type: &'static str,
+    ) -> Result<oneshot::Receiver<Result<(), SinkError>>, SinkError> {
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SinkError::Closed)?;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some(content_type),
+        });
+        let mut record = FutureRecord::to(topic)
+            .key(key)
+            .payload(&value)
+            .headers(headers);
+        let producer = self.producer();
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // Only non-awaited records can overfill librdkafka's queue; wait briefly.
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    self.recover_from_fatal(&producer, &e);
+                    return Err(SinkError::Unavailable(e.to_string()));
+                }
+            }
+        };
+        let (ack, acked) = oneshot::channel();
+        let bus = self.clone();
+        tokio::spawn(async move {
+            let outcome = match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => {
+                    bus.recover_from_fatal(&producer, &e);
+                    Err(SinkError::Unavailable(e.to_string()))
+                }
+                Err(_) => Err(SinkError::Closed),
+            };
+            drop(permit);
+            let _ = ack.send(outcome);
+        });
+        Ok(acked)
+    }
+
+    /// Waits (at most `timeout`) for every produced record to be acknowledged.
+    pub async fn flush(self: &Arc<Self>, timeout: Duration) {
+        let bus = self.clone();
+        let flushed = tokio::task::spawn_blocking(move || bus.producer().flush(timeout)).await;
+        if let Ok(Err(e)) = flushed {
+            warn!(error = %e, "Kafka producer not fully flushed at shutdown");
+        }
+    }
+
+    /// Checks the brokers periodically and creates missing topics, until `stop`.
+    pub async fn monitor(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let bus = self.clone();
+            let checked = tokio::task::spawn_blocking(move || {
+                bus.producer()
+                    .client()
+                    .fetch_metadata(None, METADATA_TIMEOUT)
+                    .map(|metadata| metadata.brokers().len())
+            })
+            .await;
+            match checked {
+                Ok(Ok(brokers)) if brokers > 0 => {
+                    if !self.connected.swap(true, Ordering::Relaxed) {
+                        info!(brokers, "Kafka brokers reachable");
+                    }
+                    if !self.topics_ready.load(Ordering::Relaxed) {
+                        match self.create_topics().await {
+                            Ok(()) => self.topics_ready.store(true, Ordering::Relaxed),
+                            Err(e) => self.set_error(format!("creating topics: {e}")),
+                        }
+                    }
+                    if self.topics_ready.load(Ordering::Relaxed) {
+                        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
+                }
+                Ok(Ok(_)) => self.lost("no brokers in metadata".to_owned()),
+                Ok(Err(e)) => self.lost(e.to_string()),
+                Err(e) => self.lost(e.to_string()),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(MONITOR_INTERVAL) => {}
+            }
+        }
+    }
+
+    fn lost(&self, error: String) {
+        if self.connected.swap(false, Ordering::Relaxed) {
+            warn!(error = %error, "Kafka brokers unreachable");
+        }
+        self.set_error(format!("Kafka unreachable: {error}"));
+    }
+
+    fn set_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    async fn create_topics(&self) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(&self.config, &self.config.producer).create()?;
+        let topics = &self.config.topics;
+        let names = [
+            &topics.events,
+            &topics.commands,
+            &topics.command_results,
+            &topics.replies,
+        ];
+        let new_topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    self.config.topic_partitions,
+                    TopicReplication::Fixed(self.config.topic_replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+        for result in admin.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(topic) => info!(%topic, "Kafka topic created"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                        warn!(%topic, error = %code, "Kafka topic not created");
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
