@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The one test command: Rust unit and integration tests, then the Python interop tests
-# against the real binary. Works from any directory. Needs cargo and python3 (3.11) with
-# pip; everything else (the interop test packages) is installed into .venv here.
+# The one test command: Rust unit and integration tests (the Kafka ones against a real
+# tansu broker process), then the Python interop tests against the real binary. Works from
+# any directory. Needs cargo and python3 (3.11) with pip; everything else is installed
+# here: tansu with `cargo install` (once per machine), the interop packages into .venv.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +31,20 @@ sha256_of() {
     fi
 }
 
-section "[1/4] Python environment for the interop tests ($VENV)"
+section "[1/5] Kafka-protocol broker for the Kafka tests (tansu 0.6.0)"
+# A real broker process, built once per machine (about 10 minutes on 2 cores);
+# `cargo install` skips the build when this version is already installed.
+TANSU_VERSION="0.6.0"
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$CARGO_BIN:$PATH"
+if command -v tansu >/dev/null 2>&1 && cargo install --list | grep "^tansu v$TANSU_VERSION:" >/dev/null; then
+    echo "tansu $TANSU_VERSION already installed"
+else
+    cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked
+fi
+export TANSU_BIN="$(command -v tansu)"
+
+section "[2/5] Python environment for the interop tests ($VENV)"
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "creating $VENV with $("$PYTHON" --version 2>&1)"
     "$PYTHON" -m venv "$VENV"
@@ -44,10 +58,10 @@ else
     printf '%s\n' "$wanted_sha" >"$STAMP"
 fi
 
-section "[2/4] cargo test --workspace --all-targets"
+section "[3/5] cargo test --workspace --all-targets"
 cargo test --workspace --all-targets
 
-section "[3/4] cargo build -p charge-point-gateway --bin charge-point-gateway"
+section "[4/5] cargo build -p charge-point-gateway --bin charge-point-gateway"
 cargo build -p charge-point-gateway --bin charge-point-gateway
 
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -58,5 +72,5 @@ if [[ ! -x "$GATEWAY_BIN" ]]; then
     exit 1
 fi
 
-section "[4/4] interop tests: pytest tests/interop (GATEWAY_BIN=$GATEWAY_BIN)"
+section "[5/5] interop tests: pytest tests/interop (GATEWAY_BIN=$GATEWAY_BIN)"
 GATEWAY_BIN="$GATEWAY_BIN" "$VENV/bin/python" -m pytest -q tests/interop
