@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use crate::{
     commands::{self, CommandRejected},
     gateway::Shared,
+    metrics::any_version_action_label,
     session::{CallOutcome, QueueMode, SessionHandle},
 };
 
@@ -243,6 +244,15 @@ async fn send_command(
         QueueMode::FailFast,
     )
     .await;
+    let outcome_label = match &outcome {
+        Ok(outcome) => outcome.status(),
+        Err(_) => "invalid",
+    };
+    shared.metrics.command(
+        "admin",
+        any_version_action_label(&command.action),
+        outcome_label,
+    );
     match outcome {
         Err(rejected) => {
             let violations = match &rejected {

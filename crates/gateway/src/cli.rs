@@ -22,6 +22,9 @@ pub struct Cli {
     /// Admin HTTP API address (admin.address).
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Prometheus metrics address (metrics.address).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Where events go: stdout, file or none (events.output).
     #[arg(long, value_enum, value_name = "OUTPUT")]
     pub events: Option<EventOutputArg>,
@@ -89,6 +92,9 @@ impl Cli {
         }
         if let Some(addr) = self.admin_listen {
             set(Some("admin"), "address", json!(addr.to_string()));
+        }
+        if let Some(addr) = self.metrics_listen {
+            set(Some("metrics"), "address", json!(addr.to_string()));
         }
         let output = self.events.map(|o| match o {
             EventOutputArg::Stdout => EventOutput::Stdout,

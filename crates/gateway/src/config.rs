@@ -24,6 +24,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "responder",
     "events",
     "admin",
+    "metrics",
     "shutdown",
     "log",
     "kafka",
@@ -48,6 +49,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// The admin HTTP API.
     pub admin: AdminConfig,
+    /// The Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// Logging.
@@ -174,6 +177,25 @@ pub struct AdminConfig {
     /// When set, `/api/v1/...` requires `Authorization: Bearer <token>` (health
     /// endpoints stay open for probes).
     pub api_token: Option<String>,
+}
+
+/// The Prometheus metrics endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// Address of the metrics listener.
+    pub address: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: ([0, 0, 0, 0], 9090).into(),
+        }
+    }
 }
 
 /// Graceful shutdown.
@@ -357,6 +379,7 @@ impl Default for Config {
             responder: ResponderConfig::default(),
             events: EventsConfig::default(),
             admin: AdminConfig::default(),
+            metrics: MetricsConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
             kafka: KafkaConfig::default(),

@@ -11,6 +11,7 @@ use crate::{
     event::{Event, EventData, MessageData, MESSAGE_RECEIVED},
     gateway::Shared,
     kafka::replies::Reply,
+    metrics::{action_label, ActionLabels, VersionLabels},
     session::ConnectionInfo,
 };
 
@@ -25,6 +26,8 @@ pub struct InboundCall {
     pub action: String,
     /// The payload exactly as received.
     pub payload: Box<RawValue>,
+    /// When the frame was read.
+    pub received: std::time::Instant,
 }
 
 /// The reply frame to send and whether the CALL counted as a bad message.
@@ -33,6 +36,8 @@ pub struct CallReply {
     pub frame: String,
     /// Whether the CALL was malformed or invalid (counts toward the bad-message limit).
     pub bad_message: bool,
+    /// The code, when the frame is a CALLERROR.
+    pub error: Option<ErrorCode>,
 }
 
 impl CallReply {
@@ -47,6 +52,7 @@ impl CallReply {
         CallReply {
             frame: frame::encode_call_error(message_id, code, version, description, &json!({})),
             bad_message: false,
+            error: Some(code),
         }
     }
 
@@ -60,6 +66,7 @@ impl CallReply {
         CallReply {
             frame: frame::encode_call_error(message_id, code, version, description, details),
             bad_message: true,
+            error: Some(code),
         }
     }
 }
@@ -75,6 +82,7 @@ pub async fn handle_call(
         message_id,
         action,
         payload,
+        received,
     } = call;
     match catalogue::initiator(version, &action) {
         None => {
@@ -121,7 +129,17 @@ pub async fn handle_call(
         .schemas
         .validate(version, &action, PayloadKind::Request, &request)
     {
-        Some(Ok(_validated)) => {}
+        Some(Ok(validated)) => {
+            if validated.timestamps_without_zone > 0 {
+                shared
+                    .metrics
+                    .timestamps_without_zone
+                    .get_or_create(&VersionLabels {
+                        ocpp_version: version.subprotocol(),
+                    })
+                    .inc_by(u64::from(validated.timestamps_without_zone));
+            }
+        }
         Some(Err(violation)) => {
             warn!(%message_id, %action, error = %violation, "CALL payload failed validation");
             return CallReply::error(
@@ -166,7 +184,15 @@ pub async fn handle_call(
     // The backend can only answer what reached it: a backend-answered CALL waits too.
     let must_land = durable || reply_wait.is_some();
     let delivered = match shared.publish(event).await {
-        Ok(delivery) if must_land => delivery.await,
+        Ok(delivery) if must_land => delivery.await.inspect(|()| {
+            shared
+                .metrics
+                .ingest_duration
+                .get_or_create(&ActionLabels {
+                    action: action_label(version, &action),
+                })
+                .observe(received.elapsed().as_secs_f64());
+        }),
         Ok(_) => Ok(()),
         Err(e) => Err(e),
     };
@@ -223,6 +249,7 @@ fn result_reply(message_id: &str, version: OcppVersion, response: &Value) -> Cal
         Ok(raw) => CallReply {
             frame: frame::encode_call_result(message_id, &raw),
             bad_message: false,
+            error: None,
         },
         Err(e) => CallReply::refusal(
             message_id,
@@ -265,6 +292,7 @@ fn backend_answer(
             Some(CallReply {
                 frame: frame::encode_call_error(message_id, code, version, &description, &details),
                 bad_message: false,
+                error: Some(code),
             })
         }
     }

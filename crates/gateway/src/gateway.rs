@@ -30,6 +30,7 @@ use crate::{
     event::Event,
     handshake::{Accepted, HandshakePolicy, Refusal},
     kafka::{self, replies::ReplyRouter, KafkaBus, KafkaSink},
+    metrics::{Metrics, ResultLabels},
     registry::Registry,
     responder::LocalResponder,
     session::{self, ConnectionInfo, SessionHandle},
@@ -47,6 +48,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Shared {
     /// The configuration in force.
     pub config: Config,
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
     /// Compiled OCPP schemas.
     pub schemas: SchemaSet,
     /// The local responder.
@@ -102,6 +105,9 @@ impl Shared {
         if !self.listening.load(Ordering::Relaxed) {
             return Err("OCPP listener not bound".to_owned());
         }
+        if self.bus.is_some() && !self.backend_actions.is_empty() && !self.replies.is_assigned() {
+            return Err("backend reply consumer not assigned yet".to_owned());
+        }
         let sink = self.sink.health();
         if sink.status == "down" {
             return Err(format!(
@@ -110,6 +116,20 @@ impl Shared {
             ));
         }
         Ok(())
+    }
+
+    /// Updates the gauges that are read rather than counted, just before a scrape.
+    pub fn refresh_gauges(&self) {
+        self.metrics.ready.set(i64::from(self.readiness().is_ok()));
+        if let Some(bus) = &self.bus {
+            self.metrics.kafka_in_flight.set(bus.in_flight() as i64);
+            self.metrics
+                .kafka_in_flight_limit
+                .set(bus.config().max_in_flight as i64);
+            self.metrics
+                .kafka_connected
+                .set(i64::from(bus.readiness().is_ok()));
+        }
     }
 
     /// The event sink's state.
@@ -123,6 +143,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     ocpp_listener: TcpListener,
     admin_listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Why the gateway could not start.
@@ -157,15 +178,16 @@ impl Gateway {
             EventOutput::File => Output::File(config.events.file.clone().unwrap_or_default()),
             EventOutput::None => Output::Discard,
         };
+        let metrics = new_metrics(&config);
         if config.kafka.enabled() {
-            let bus = KafkaBus::new(&config.kafka)?;
+            let bus = KafkaBus::new(&config.kafka, metrics.clone())?;
             let sink = Arc::new(KafkaSink::new(bus.clone()));
-            return Gateway::bind_parts(config, sink, Some(bus)).await;
+            return Gateway::bind_parts(config, sink, Some(bus), metrics).await;
         }
-        let sink = EmbeddedSink::start(output, config.events.queue_capacity)
+        let sink = EmbeddedSink::start(output, config.events.queue_capacity, metrics.clone())
             .await
             .map_err(StartError::EventOutput)?;
-        Gateway::bind_parts(config, Arc::new(sink), None).await
+        Gateway::bind_parts(config, Arc::new(sink), None, metrics).await
     }
 
     /// Like [`Gateway::bind`] without Kafka, with events going to `sink`.
@@ -173,20 +195,27 @@ impl Gateway {
         config: Config,
         sink: Arc<dyn EventSink>,
     ) -> Result<Gateway, StartError> {
-        Gateway::bind_parts(config, sink, None).await
+        let metrics = new_metrics(&config);
+        Gateway::bind_parts(config, sink, None, metrics).await
     }
 
     async fn bind_parts(
         config: Config,
         sink: Arc<dyn EventSink>,
         bus: Option<Arc<KafkaBus>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Gateway, StartError> {
         let schemas = SchemaSet::compile(Leniency {
             timestamps_without_zone: config.validation.accept_timestamps_without_zone,
         })?;
         let ocpp_listener = bind("OCPP listener", config.listener.address).await?;
         let admin_listener = bind("admin API", config.admin.address).await?;
+        let metrics_listener = match config.metrics.enabled {
+            true => Some(bind("metrics", config.metrics.address).await?),
+            false => None,
+        };
         let shared = Arc::new(Shared {
+            metrics,
             schemas,
             responder: LocalResponder::new(&config.responder),
             sink,
@@ -204,6 +233,7 @@ impl Gateway {
             shared,
             ocpp_listener,
             admin_listener,
+            metrics_listener,
         })
     }
 
@@ -221,6 +251,13 @@ impl Gateway {
             .unwrap_or(self.shared.config.admin.address)
     }
 
+    /// The bound metrics address, when metrics are on.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The shared state (for embedding and tests).
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
@@ -233,6 +270,7 @@ impl Gateway {
             shared,
             ocpp_listener,
             admin_listener,
+            metrics_listener,
         } = self;
         info!(address = %ocpp_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ocpp listener bound");
         info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener bound");
@@ -260,6 +298,19 @@ impl Gateway {
                 }
             }
         });
+        if let Some(listener) = metrics_listener {
+            info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listener bound");
+            let router = crate::metrics::server::router(shared.clone());
+            let stop_admin = stop_admin.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop_admin.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    error!(error = %e, "metrics endpoint failed");
+                }
+            });
+        }
         let accept_task = tokio::spawn(accept_loop(
             ocpp_listener,
             shared.clone(),
@@ -315,6 +366,16 @@ impl Gateway {
         let _ = admin_task.await;
         info!("shutdown complete");
     }
+}
+
+fn new_metrics(config: &Config) -> Arc<Metrics> {
+    let topics = &config.kafka.topics;
+    let kafka_topics: Vec<&str> = if config.kafka.enabled() {
+        vec![&topics.events, &topics.command_results]
+    } else {
+        Vec::new()
+    };
+    Metrics::new(&config.listener.subprotocols, &kafka_topics)
 }
 
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, StartError> {
@@ -429,22 +490,30 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)),
     )
     .await;
+    let attempts = &shared.metrics.connection_attempts;
+    let attempt = |result| attempts.get_or_create(&ResultLabels { result }).inc();
     let ws = match upgrade {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             match decision {
                 Some(Err(refusal)) => {
+                    attempt(refusal.label());
                     info!(%peer, reason = refusal.label(), error = %refusal, "connection refused")
                 }
-                _ => debug!(%peer, error = %e, "WebSocket handshake failed"),
+                _ => {
+                    attempt("handshake_failed");
+                    debug!(%peer, error = %e, "WebSocket handshake failed")
+                }
             }
             return;
         }
         Err(_) => {
+            attempt("handshake_timeout");
             debug!(%peer, "WebSocket handshake timed out");
             return;
         }
     };
+    attempt("accepted");
     let Some(Ok(accepted)) = decision else {
         return;
     };

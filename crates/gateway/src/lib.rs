@@ -15,6 +15,7 @@ pub mod event;
 pub mod gateway;
 pub mod handshake;
 pub mod kafka;
+pub mod metrics;
 pub mod registry;
 pub mod responder;
 pub mod session;

@@ -157,7 +157,17 @@ async fn nothing_acknowledged_is_lost_when_the_broker_stalls() {
         "a durable CALL must not be acknowledged: {reply}"
     );
     assert_eq!(reply[2], "InternalError");
+    let failed = r#"ocppgw_kafka_produce_total{topic="ocpp.events",outcome="error"}"#;
+    assert_eq!(
+        gw.sample(failed).await,
+        Some(1.0),
+        "exactly the stalled record failed"
+    );
+    let refused = r#"ocppgw_events_published_total{event_type="message_received",outcome="error"}"#;
+    assert_eq!(gw.sample(refused).await, Some(1.0));
     wait_ready(&gw, false).await;
+    assert_eq!(gw.sample("ocppgw_kafka_connected").await, Some(0.0));
+    assert_eq!(gw.sample("ocppgw_ready").await, Some(0.0));
     let (_, ready) = gw.get("/readyz").await;
     assert!(
         ready["reason"].as_str().unwrap().contains("Kafka"),
@@ -320,6 +330,15 @@ async fn every_command_gets_exactly_one_result() {
         );
     }
     let by_id = results_by_id(&results);
+    let timeouts =
+        r#"ocppgw_commands_total{source="kafka",action="GetConfiguration",outcome="timeout"}"#;
+    assert_eq!(gw.sample(timeouts).await, Some(1.0));
+    let consumed = r#"ocppgw_commands_consumed_total{action="Reset"}"#;
+    assert_eq!(
+        gw.sample(consumed).await,
+        Some(6.0),
+        "c1, c2, c4, c5, c6 and the duplicate c1"
+    );
     for (id, status) in expected {
         assert_eq!(
             by_id[id].len(),

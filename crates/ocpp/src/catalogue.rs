@@ -229,8 +229,26 @@ pub fn actions(version: OcppVersion) -> Vec<&'static str> {
 }
 
 /// The catalogue's own `'static` spelling of `action`, for labels from a closed set.
+/// (On the hot path: searches the static tables without allocating.)
 pub fn known_action(version: OcppVersion, action: &str) -> Option<&'static str> {
-    actions(version).into_iter().find(|a| *a == action)
+    if action == "DataTransfer" {
+        return Some("DataTransfer");
+    }
+    let tables: &[&[&'static str]] = match version {
+        OcppVersion::V16 => &[V16_CHARGE_POINT, V16_CSMS],
+        OcppVersion::V201 => &[V201_CHARGE_POINT, V201_CSMS],
+        OcppVersion::V21 => &[
+            V201_CHARGE_POINT,
+            V21_CHARGE_POINT_ADDED,
+            V201_CSMS,
+            V21_CSMS_ADDED,
+        ],
+    };
+    tables
+        .iter()
+        .flat_map(|table| table.iter())
+        .find(|known| **known == action)
+        .copied()
 }
 
 #[cfg(test)]
@@ -258,6 +276,17 @@ mod tests {
         assert_eq!(initiator(V21, "RequestBatterySwap"), Some(Initiator::Csms));
         assert_eq!(initiator(V21, "DataTransfer"), Some(Initiator::Both));
         assert!(Initiator::Both.charge_point_may_send() && Initiator::Both.csms_may_send());
+    }
+
+    #[test]
+    fn known_action_agrees_with_the_list() {
+        for v in OcppVersion::ALL {
+            for action in actions(v) {
+                assert_eq!(known_action(v, action), Some(action));
+            }
+            assert_eq!(known_action(v, "Nope"), None);
+        }
+        assert_eq!(known_action(OcppVersion::V16, "TransactionEvent"), None);
     }
 
     #[test]

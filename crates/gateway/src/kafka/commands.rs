@@ -29,6 +29,7 @@ use crate::{
     commands::{send_command, CommandRejected},
     event::{Event, EventData},
     gateway::Shared,
+    metrics::{any_version_action_label, ActionLabels, TopicLabels},
     session::{CallOutcome, QueueMode},
 };
 
@@ -176,13 +177,23 @@ async fn run_once(
         .set("group.id", &config.command_group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
-    let consumer: Arc<StreamConsumer> = Arc::new(client.create().map_err(|e| e.to_string())?);
+        .set("enable.partition.eof", "false")
+        .set(
+            "statistics.interval.ms",
+            super::stats::STATISTICS_INTERVAL_MS,
+        );
+    let consumer: Arc<StreamConsumer<super::stats::StatsContext>> = Arc::new(
+        client
+            .create_with_context(super::stats::StatsContext::new(shared.metrics.clone()))
+            .map_err(|e| e.to_string())?,
+    );
     consumer
         .subscribe(&[&config.topics.commands])
         .map_err(|e| e.to_string())?;
     info!(topic = %config.topics.commands, group = %config.command_group, "command consumer subscribed");
     let limit = config.max_concurrent_commands;
+    // A metric label for the whole process lifetime (one small string per start).
+    let commands_topic: &'static str = Box::leak(config.topics.commands.clone().into_boxed_str());
     let slots = Arc::new(Semaphore::new(limit));
     let offsets = Arc::new(Mutex::new(OffsetTracker::default()));
     loop {
@@ -202,6 +213,16 @@ async fn run_once(
             }
         };
         let received_at = Utc::now();
+        if let Some(created) = message.timestamp().to_millis() {
+            let age = (received_at.timestamp_millis() - created).max(0) as f64 / 1000.0;
+            shared
+                .metrics
+                .kafka_record_age
+                .get_or_create(&TopicLabels {
+                    topic: commands_topic,
+                })
+                .observe(age);
+        }
         let (topic, partition, offset) = (
             message.topic().to_owned(),
             message.partition(),
@@ -224,6 +245,9 @@ async fn run_once(
         tokio::spawn(
             async move {
                 if let Some(result) = handle(&shared, &dedup, &record, received_at).await {
+                    let action =
+                        any_version_action_label(result.action.as_deref().unwrap_or_default());
+                    shared.metrics.command("kafka", action, result.status);
                     publish_result(&bus, result, &stop).await;
                 }
                 let position = offsets
@@ -277,6 +301,13 @@ async fn handle(
     } else {
         value
     };
+    shared
+        .metrics
+        .commands_consumed
+        .get_or_create(&ActionLabels {
+            action: any_version_action_label(body["action"].as_str().unwrap_or_default()),
+        })
+        .inc();
     let invalid = |command_id: String, body: &Value, description: String| CommandResult {
         command_id,
         charge_point_id: body["chargePointId"].as_str().map(str::to_owned),
@@ -416,6 +447,7 @@ async fn publish_result(bus: &Arc<KafkaBus>, result: CommandResult, stop: &Cance
                 &subject,
                 value.clone(),
                 CLOUDEVENTS_CONTENT_TYPE,
+                COMMAND_RESULT,
             )
             .await;
         let acked = match produced {

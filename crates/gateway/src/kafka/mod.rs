@@ -8,6 +8,7 @@
 pub mod commands;
 pub mod replies;
 mod sink;
+pub mod stats;
 
 use std::{
     sync::{
@@ -30,8 +31,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use sink::KafkaSink;
+use stats::StatsContext;
 
-use crate::{config::KafkaConfig, sink::SinkError};
+use crate::{
+    config::KafkaConfig,
+    metrics::{Metrics, TopicLabels, TopicOutcomeLabels},
+    sink::SinkError,
+};
 
 /// How often the bus checks that the brokers answer.
 const MONITOR_INTERVAL: Duration = Duration::from_secs(2);
@@ -44,10 +50,13 @@ pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// The shared producer and the bus's health.
 pub struct KafkaBus {
     config: KafkaConfig,
+    metrics: Arc<Metrics>,
+    // Topic names as metric labels (leaked once: a handful of strings for the process).
+    topic_labels: Vec<&'static str>,
     // Replaced as a whole after a fatal error: an idempotent producer that lost track of
     // its sequence (e.g. a broker that fences the epoch bump after timeouts) never
     // recovers, and librdkafka requires a new instance.
-    producer: RwLock<Arc<FutureProducer>>,
+    producer: RwLock<Arc<FutureProducer<StatsContext>>>,
     in_flight: Arc<Semaphore>,
     connected: AtomicBool,
     topics_ready: AtomicBool,
@@ -79,10 +88,25 @@ pub(crate) fn client_config(
 impl KafkaBus {
     /// Creates the producer. Does not wait for the brokers: an absent broker is a
     /// run-time state (`/readyz` says so), not a start-up failure.
-    pub fn new(config: &KafkaConfig) -> Result<Arc<KafkaBus>, BusConfigError> {
-        let producer = Self::create_producer(config)?;
+    pub fn new(
+        config: &KafkaConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<KafkaBus>, BusConfigError> {
+        let producer = Self::create_producer(config, &metrics)?;
+        let topics = &config.topics;
+        let topic_labels = [
+            &topics.events,
+            &topics.commands,
+            &topics.command_results,
+            &topics.replies,
+        ]
+        .into_iter()
+        .map(|name| &*Box::leak(name.clone().into_boxed_str()))
+        .collect();
         Ok(Arc::new(KafkaBus {
             config: config.clone(),
+            metrics,
+            topic_labels,
             producer: RwLock::new(Arc::new(producer)),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             connected: AtomicBool::new(false),
@@ -91,7 +115,10 @@ impl KafkaBus {
         }))
     }
 
-    fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    fn create_producer(
+        config: &KafkaConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Result<FutureProducer<StatsContext>, KafkaError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)
@@ -110,13 +137,14 @@ impl KafkaBus {
                 (config.max_in_flight * 2 + 1000).to_string(),
             )
             .set("reconnect.backoff.max.ms", "2000");
+        client.set("statistics.interval.ms", stats::STATISTICS_INTERVAL_MS);
         for (key, value) in &config.producer {
             client.set(key, value);
         }
-        client.create()
+        client.create_with_context(StatsContext::new(metrics.clone()))
     }
 
-    fn producer(&self) -> Arc<FutureProducer> {
+    fn producer(&self) -> Arc<FutureProducer<StatsContext>> {
         self.producer
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -126,7 +154,7 @@ impl KafkaBus {
     /// Replaces `failed` with a new producer when `error` shows that its idempotence
     /// state is lost (once: callers that saw the same failed instance do not replace its
     /// successor).
-    fn recover_from_fatal(&self, failed: &Arc<FutureProducer>, error: &KafkaError) {
+    fn recover_from_fatal(&self, failed: &Arc<FutureProducer<StatsContext>>, error: &KafkaError) {
         let (code, reason) = match failed.client().fatal_error() {
             Some(fatal) => fatal,
             None => match error.rdkafka_error_code() {
@@ -145,7 +173,7 @@ impl KafkaBus {
         if !Arc::ptr_eq(&current, failed) {
             return;
         }
-        match Self::create_producer(&self.config) {
+        match Self::create_producer(&self.config, &self.metrics) {
             Ok(fresh) => {
                 warn!(error = %code, %reason, "Kafka producer hit a fatal error; replaced it with a new instance");
                 *current = Arc::new(fresh);
@@ -187,7 +215,15 @@ impl KafkaBus {
         key: &str,
         value: Vec<u8>,
         content_type: &'static str,
+        event_type: &'static str,
     ) -> Result<oneshot::Receiver<Result<(), SinkError>>, SinkError> {
+        let topic_label = self
+            .topic_labels
+            .iter()
+            .copied()
+            .find(|label| *label == topic)
+            .unwrap_or(crate::metrics::OTHER);
+        let started = std::time::Instant::now();
         let permit = self
             .in_flight
             .clone()
@@ -213,6 +249,7 @@ impl KafkaBus {
                 }
                 Err((e, _)) => {
                     self.recover_from_fatal(&producer, &e);
+                    self.count(topic_label, event_type, false, started);
                     return Err(SinkError::Unavailable(e.to_string()));
                 }
             }
@@ -228,10 +265,32 @@ impl KafkaBus {
                 }
                 Err(_) => Err(SinkError::Closed),
             };
+            bus.count(topic_label, event_type, outcome.is_ok(), started);
             drop(permit);
             let _ = ack.send(outcome);
         });
         Ok(acked)
+    }
+
+    fn count(
+        &self,
+        topic: &'static str,
+        event_type: &'static str,
+        ok: bool,
+        started: std::time::Instant,
+    ) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.metrics
+            .kafka_produce
+            .get_or_create(&TopicOutcomeLabels { topic, outcome })
+            .inc();
+        if ok {
+            self.metrics
+                .kafka_produce_duration
+                .get_or_create(&TopicLabels { topic })
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.metrics.event_published(event_type, ok);
     }
 
     /// Waits (at most `timeout`) for every produced record to be acknowledged.

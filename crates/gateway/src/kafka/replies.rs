@@ -69,6 +69,8 @@ type Key = (String, String);
 #[derive(Default)]
 pub struct ReplyRouter {
     waiting: Mutex<HashMap<Key, oneshot::Sender<Reply>>>,
+    // Replies produced before the consumer is positioned would be missed.
+    assigned: std::sync::atomic::AtomicBool,
 }
 
 /// A registered wait for one reply; unregisters itself when dropped.
@@ -113,6 +115,12 @@ impl ReplyRouter {
             key,
             receiver,
         }
+    }
+
+    /// Whether the consumer reads the replies topic (a readiness condition while
+    /// backend-answered actions are configured).
+    pub fn is_assigned(&self) -> bool {
+        self.assigned.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Hands a record's reply to its waiter; `false` when nobody waits for it here.
@@ -204,6 +212,8 @@ impl ReplyRouter {
         .await
         .map_err(|e| e.to_string())??;
         consumer.assign(&assignment).map_err(|e| e.to_string())?;
+        self.assigned
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         info!(topic = %config.topics.replies, partitions = assignment.count(), "reply consumer assigned");
         loop {
             let message = tokio::select! {

@@ -36,6 +36,7 @@ impl EventSink for KafkaSink {
                     event.charge_point_id(),
                     value,
                     CLOUDEVENTS_CONTENT_TYPE,
+                    event.event_type,
                 )
                 .await?;
             Ok(Delivery::new(acked))

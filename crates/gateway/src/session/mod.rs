@@ -15,7 +15,7 @@ use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
 use ocpp::{
     frame::{self, RpcError},
-    ErrorCode, Frame, MessageType, OcppVersion, PayloadKind,
+    ErrorCode, Frame, FrameErrorKind, MessageType, OcppVersion, PayloadKind,
 };
 use serde_json::{json, value::RawValue};
 use tokio::{
@@ -45,7 +45,21 @@ use crate::{
         CONNECTION_OPENED, MESSAGE_RECEIVED,
     },
     gateway::Shared,
+    metrics::{action_label, ReasonLabels, VersionActionLabels, VersionLabels, OTHER},
 };
+
+/// The `invalid_frames_total{kind}` label of a decoding failure.
+fn frame_error_label(kind: &FrameErrorKind) -> &'static str {
+    match kind {
+        FrameErrorKind::NotJson(_) => "not_json",
+        FrameErrorKind::NotArray => "not_array",
+        FrameErrorKind::BadMessageTypeId => "bad_message_type",
+        FrameErrorKind::UnsupportedMessageType(_) => "unsupported_message_type",
+        FrameErrorKind::BadMessageId => "bad_message_id",
+        FrameErrorKind::WrongLength { .. } => "wrong_length",
+        FrameErrorKind::BadField(_) => "bad_field",
+    }
+}
 
 /// How long the gateway waits for the peer's close frame after sending its own.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,8 +76,18 @@ pub struct EndReason {
 struct PendingOutbound {
     message_id: String,
     action: String,
+    action_label: &'static str,
+    sent_at: std::time::Instant,
     deadline: Instant,
     reply: tokio::sync::oneshot::Sender<CallOutcome>,
+}
+
+/// The charge point CALL being processed.
+struct InFlight {
+    message_id: String,
+    action_label: &'static str,
+    received: std::time::Instant,
+    reply: ReplyFuture,
 }
 
 type ReplyFuture = Pin<Box<dyn Future<Output = CallReply> + Send>>;
@@ -74,7 +98,7 @@ struct Session<S> {
     info: Arc<ConnectionInfo>,
     end: SessionEnd,
     inbound_queue: VecDeque<InboundCall>,
-    in_flight: Option<(String, ReplyFuture)>,
+    in_flight: Option<InFlight>,
     outbound: Option<PendingOutbound>,
     consecutive_bad: u32,
     awaiting_pong_until: Option<Instant>,
@@ -106,6 +130,14 @@ pub(crate) async fn run<S>(
         ))
         .await;
     info!(version = %info.version, peer = %info.peer_address, fallback, "charge point connected");
+    let version_label = VersionLabels {
+        ocpp_version: info.version.subprotocol(),
+    };
+    shared
+        .metrics
+        .connections
+        .get_or_create(&version_label)
+        .inc();
 
     let mut session = Session {
         ws,
@@ -127,6 +159,19 @@ pub(crate) async fn run<S>(
     session.fail_pending_calls();
 
     let duration = (Utc::now() - info.connected_at).num_milliseconds() as f64 / 1000.0;
+    shared
+        .metrics
+        .connections
+        .get_or_create(&version_label)
+        .dec();
+    shared
+        .metrics
+        .disconnects
+        .get_or_create(&ReasonLabels {
+            reason: ended.reason,
+        })
+        .inc();
+    shared.metrics.connection_duration.observe(duration);
     info!(reason = ended.reason, close_code = ?ended.close_code, duration_seconds = duration, "charge point disconnected");
     let closed = ClosedData {
         ocpp_version: info.version,
@@ -172,9 +217,11 @@ where
                     let request = self.end.close_request();
                     return self.close(request.code, request.reason).await;
                 }
-                reply = async { match in_flight { Some((_, future)) => future.await, None => std::future::pending().await } } => {
-                    self.in_flight = None;
+                reply = async { match in_flight { Some(call) => (&mut call.reply).await, None => std::future::pending().await } } => {
+                    let Some(call) = self.in_flight.take() else { continue };
+                    let size = reply.frame.len();
                     if let Err(ended) = self.send_text(reply.frame).await { return ended; }
+                    self.count_reply(&call, reply.error, size);
                     if reply.bad_message {
                         if let Some(ended) = self.count_bad_message().await { return ended; }
                     } else {
@@ -195,7 +242,7 @@ where
                     if let Some(pending) = self.outbound.take() {
                         warn!(message_id = %pending.message_id, action = %pending.action, "gateway CALL timed out");
                         self.info.set_pending_call(None);
-                        let _ = pending.reply.send(CallOutcome::Timeout);
+                        self.complete_outbound(pending, CallOutcome::Timeout);
                     }
                 }
                 _ = sleep_until(ping_deadline), if pings_on => {
@@ -228,6 +275,7 @@ where
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                 warn!(size, max_size, "message over the size limit");
+                self.shared.metrics.invalid_frame("too_big");
                 return Some(self.close(1009, "message_too_big").await);
             }
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
@@ -261,6 +309,7 @@ where
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
                 warn!("binary frame received; OCPP-J uses text frames only");
+                self.shared.metrics.invalid_frame("binary");
                 Some(self.close(1003, "binary_frame").await)
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
@@ -281,18 +330,39 @@ where
 
     async fn on_text(&mut self, text: &str) -> Option<EndReason> {
         let version = self.version();
+        let size = text.len();
         let frame = match Frame::decode(text, version) {
             Ok(frame) => frame,
             Err(error) => {
+                self.shared
+                    .metrics
+                    .invalid_frame(frame_error_label(&error.kind));
                 warn!(error = %error, message_type = ?error.message_type, "invalid frame");
                 if error.warrants_reply() {
-                    if let Err(ended) = self.send_text(error.to_call_error(version)).await {
+                    let reply = error.to_call_error(version);
+                    self.count_error_sent(error.error_code(), OTHER, reply.len());
+                    if let Err(ended) = self.send_text(reply).await {
                         return Some(ended);
                     }
                 }
                 return self.count_bad_message().await;
             }
         };
+        let action = match &frame {
+            Frame::Call { action, .. } | Frame::Send { action, .. } => {
+                action_label(version, action)
+            }
+            Frame::CallResult { message_id, .. }
+            | Frame::CallError(RpcError { message_id, .. }) => self
+                .outbound
+                .as_ref()
+                .filter(|pending| pending.message_id == *message_id)
+                .map_or(OTHER, |pending| pending.action_label),
+            Frame::CallResultError(_) => OTHER,
+        };
+        self.shared
+            .metrics
+            .received(version, frame.message_type(), action, size);
         match frame {
             Frame::Call {
                 message_id,
@@ -302,19 +372,25 @@ where
                 let duplicate = self
                     .in_flight
                     .as_ref()
-                    .is_some_and(|(id, _)| *id == message_id)
+                    .is_some_and(|call| call.message_id == message_id)
                     || self
                         .inbound_queue
                         .iter()
                         .any(|c| c.message_id == message_id);
                 if duplicate {
                     warn!(%message_id, %action, "CALL reuses a message id that is still in flight");
+                    self.shared.metrics.invalid_frame("duplicate_message_id");
                     let reply = frame::encode_call_error(
                         &message_id,
                         ErrorCode::RpcFrameworkError,
                         version,
                         "message id is already in use by a CALL still being processed",
                         &json!({}),
+                    );
+                    self.count_error_sent(
+                        ErrorCode::RpcFrameworkError,
+                        action_label(version, &action),
+                        reply.len(),
                     );
                     if let Err(ended) = self.send_text(reply).await {
                         return Some(ended);
@@ -325,6 +401,7 @@ where
                     message_id,
                     action,
                     payload,
+                    received: std::time::Instant::now(),
                 });
                 self.start_next_inbound();
                 None
@@ -360,9 +437,16 @@ where
             return;
         }
         if let Some(call) = self.inbound_queue.pop_front() {
-            let id = call.message_id.clone();
+            let message_id = call.message_id.clone();
+            let action_label = action_label(self.version(), &call.action);
+            let received = call.received;
             let future = dispatch::handle_call(self.shared.clone(), self.info.clone(), call);
-            self.in_flight = Some((id, Box::pin(future)));
+            self.in_flight = Some(InFlight {
+                message_id,
+                action_label,
+                received,
+                reply: Box::pin(future),
+            });
         }
     }
 
@@ -373,6 +457,7 @@ where
     ) -> Option<EndReason> {
         let Some(pending) = self.take_outbound(&message_id) else {
             warn!(%message_id, "CALLRESULT for no pending CALL (late or unknown)");
+            self.shared.metrics.late_responses.inc();
             self.record_message(MessageType::CallResult, &message_id, None, Some(payload))
                 .await;
             return None;
@@ -401,10 +486,17 @@ where
                             &violation.description,
                             &dispatch::violation_details(&violation),
                         );
+                        let size = frame.len();
                         if let Err(ended) = self.send_text(frame).await {
-                            let _ = pending.reply.send(CallOutcome::NotConnected);
+                            self.complete_outbound(pending, CallOutcome::NotConnected);
                             return Some(ended);
                         }
+                        self.shared.metrics.sent(
+                            version,
+                            MessageType::CallResultError,
+                            pending.action_label,
+                            size,
+                        );
                     }
                     CallOutcome::CallError(CallErrorInfo {
                         code: violation.code.as_str(version).to_owned(),
@@ -423,13 +515,14 @@ where
             Some(payload),
         )
         .await;
-        let _ = pending.reply.send(outcome);
+        self.complete_outbound(pending, outcome);
         None
     }
 
     async fn on_call_error(&mut self, error: RpcError) {
         let Some(pending) = self.take_outbound(&error.message_id) else {
             warn!(message_id = %error.message_id, "CALLERROR for no pending CALL (late or unknown)");
+            self.shared.metrics.late_responses.inc();
             self.record_error_frame(MessageType::CallError, None, error)
                 .await;
             return;
@@ -443,7 +536,7 @@ where
         });
         self.record_error_frame(MessageType::CallError, Some(pending.action.clone()), error)
             .await;
-        let _ = pending.reply.send(outcome);
+        self.complete_outbound(pending, outcome);
     }
 
     async fn on_send(&mut self, message_id: String, action: String, payload: Box<RawValue>) {
@@ -463,6 +556,60 @@ where
             }
             None => warn!(%message_id, %action, "SEND of an unknown action"),
         }
+    }
+
+    /// Hands a gateway CALL its outcome and records it.
+    fn complete_outbound(&self, pending: PendingOutbound, outcome: CallOutcome) {
+        let metrics = &self.shared.metrics;
+        metrics.pending_calls.dec();
+        let label = match &outcome {
+            CallOutcome::Completed(_) => "completed",
+            CallOutcome::CallError(error) => {
+                if error.origin == ErrorOrigin::ChargePoint {
+                    metrics.call_error("outbound", &error.code);
+                }
+                "callError"
+            }
+            CallOutcome::Timeout => "timeout",
+            CallOutcome::NotConnected | CallOutcome::QueueFull => "notConnected",
+        };
+        metrics.call_done(
+            "outbound",
+            pending.action_label,
+            label,
+            pending.sent_at.elapsed().as_secs_f64(),
+        );
+        let _ = pending.reply.send(outcome);
+    }
+
+    /// Records the answer to a charge point CALL once it is written.
+    fn count_reply(&self, call: &InFlight, error: Option<ErrorCode>, size: usize) {
+        let metrics = &self.shared.metrics;
+        let version = self.version();
+        let elapsed = call.received.elapsed().as_secs_f64();
+        let (message_type, outcome) = match error {
+            None => (MessageType::CallResult, "completed"),
+            Some(code) => {
+                metrics.call_error("inbound", code.as_str(OcppVersion::V201));
+                (MessageType::CallError, "callError")
+            }
+        };
+        metrics.sent(version, message_type, call.action_label, size);
+        metrics.call_done("inbound", call.action_label, outcome, elapsed);
+        metrics
+            .message_processing_duration
+            .get_or_create(&VersionActionLabels {
+                ocpp_version: version.subprotocol(),
+                action: call.action_label,
+            })
+            .observe(elapsed);
+    }
+
+    /// Records a CALLERROR the session itself sends (before any dispatch).
+    fn count_error_sent(&self, code: ErrorCode, action: &'static str, size: usize) {
+        let metrics = &self.shared.metrics;
+        metrics.call_error("inbound", code.as_str(OcppVersion::V201));
+        metrics.sent(self.version(), MessageType::CallError, action, size);
     }
 
     fn take_outbound(&mut self, message_id: &str) -> Option<PendingOutbound> {
@@ -497,9 +644,15 @@ where
             reply,
             ..
         } = *call;
+        let action_label = action_label(self.version(), &action);
+        let metrics = &self.shared.metrics;
+        metrics.sent(self.version(), MessageType::Call, action_label, text.len());
+        metrics.pending_calls.inc();
         self.outbound = Some(PendingOutbound {
             message_id,
             action,
+            action_label,
+            sent_at: std::time::Instant::now(),
             deadline,
             reply,
         });
@@ -602,7 +755,7 @@ where
     /// Answers every call still waiting: the charge point is gone.
     fn fail_pending_calls(&mut self) {
         if let Some(pending) = self.outbound.take() {
-            let _ = pending.reply.send(CallOutcome::NotConnected);
+            self.complete_outbound(pending, CallOutcome::NotConnected);
         }
         self.info.set_pending_call(None);
         self.end.calls.close();

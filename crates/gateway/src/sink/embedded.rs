@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::{ComponentHealth, Delivery, EventSink, SinkError};
-use crate::event::Event;
+use crate::{event::Event, metrics::Metrics};
 
 /// Most events written per batch.
 const MAX_BATCH: usize = 256;
@@ -42,7 +42,11 @@ pub struct EmbeddedSink {
 
 impl EmbeddedSink {
     /// Opens `output` and starts the writer task; at most `queue_capacity` events wait.
-    pub async fn start(output: Output, queue_capacity: usize) -> std::io::Result<EmbeddedSink> {
+    pub async fn start(
+        output: Output,
+        queue_capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<EmbeddedSink> {
         let writer: Option<Box<dyn AsyncWrite + Send + Unpin>> = match &output {
             Output::Stdout => Some(Box::new(tokio::io::stdout())),
             Output::File(path) => Some(Box::new(
@@ -56,7 +60,7 @@ impl EmbeddedSink {
         };
         let (queue, receiver) = mpsc::channel(queue_capacity);
         let last_error = Arc::new(Mutex::new(None));
-        tokio::spawn(write_loop(receiver, writer, last_error.clone()));
+        tokio::spawn(write_loop(receiver, writer, last_error.clone(), metrics));
         Ok(EmbeddedSink { queue, last_error })
     }
 }
@@ -65,6 +69,7 @@ async fn write_loop(
     mut receiver: mpsc::Receiver<Item>,
     mut writer: Option<Box<dyn AsyncWrite + Send + Unpin>>,
     last_error: Arc<Mutex<Option<String>>>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut buffer = Vec::with_capacity(64 * 1024);
@@ -97,7 +102,8 @@ async fn write_loop(
         }
         for item in batch.drain(..) {
             match item {
-                Item::Event(_, ack) => {
+                Item::Event(event, ack) => {
+                    metrics.event_published(event.event_type, outcome.is_ok());
                     let _ = ack.send(outcome.clone());
                 }
                 Item::Flush(done) => {
@@ -177,7 +183,8 @@ mod tests {
     async fn writes_json_lines_and_acknowledges_after_writing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let sink = EmbeddedSink::start(Output::File(path.clone()), 8)
+        let metrics = Metrics::new(&ocpp::OcppVersion::ALL, &[]);
+        let sink = EmbeddedSink::start(Output::File(path.clone()), 8, metrics.clone())
             .await
             .unwrap();
         let mut deliveries = Vec::new();
@@ -198,6 +205,13 @@ mod tests {
             assert_eq!(line["data"]["messageId"], i.to_string());
         }
         assert_eq!(sink.health().status, "up");
+        let durable = metrics.encode();
+        assert!(
+            durable.contains(
+                r#"ocppgw_events_published_total{event_type="message_received",outcome="ok"} 20"#
+            ),
+            "{durable}"
+        );
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ pub const STEP: Duration = Duration::from_secs(5);
 pub struct TestGateway {
     pub ocpp: SocketAddr,
     pub admin: SocketAddr,
+    pub metrics: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -39,6 +40,7 @@ pub fn test_config() -> Config {
     let mut config = Config::default();
     config.listener.address = "127.0.0.1:0".parse().unwrap();
     config.admin.address = "127.0.0.1:0".parse().unwrap();
+    config.metrics.address = "127.0.0.1:0".parse().unwrap();
     config.events.output = EventOutput::None;
     config.shutdown.drain_time = Duration::from_millis(200);
     config.node_id = "test-node".into();
@@ -75,6 +77,7 @@ impl TestGateway {
     async fn launch(gateway: Gateway) -> TestGateway {
         let ocpp = gateway.ocpp_address();
         let admin = gateway.admin_address();
+        let metrics = gateway.metrics_address();
         let shared = gateway.shared();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async move {
@@ -83,6 +86,7 @@ impl TestGateway {
         TestGateway {
             ocpp,
             admin,
+            metrics,
             shared,
             stop: Some(stop),
             task: Some(task),
@@ -154,6 +158,41 @@ impl TestGateway {
             .await
             .unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// The OpenMetrics text of a scrape.
+    pub async fn scrape(&self) -> String {
+        let address = self.metrics.expect("metrics enabled");
+        let response = self
+            .http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        response.text().await.unwrap()
+    }
+
+    /// The value of one sample, e.g. `ocppgw_connections{ocpp_version="ocpp1.6"}`
+    /// (labels in registration order, as the encoder writes them).
+    pub async fn sample(&self, series: &str) -> Option<f64> {
+        let text = self.scrape().await;
+        text.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
     }
 
     /// Sends a command through the admin API in the background.

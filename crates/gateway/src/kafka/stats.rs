@@ -1,0 +1,78 @@
+//! librdkafka statistics turned into metrics: broker connections, round trips, errors,
+//! and the command consumer's lag.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use rdkafka::{client::ClientContext, consumer::ConsumerContext, Statistics};
+
+use crate::metrics::{BrokerLabels, Metrics, PartitionLabels};
+
+/// How often librdkafka reports statistics, in milliseconds.
+pub const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// A client context that records librdkafka statistics in the gateway's metrics.
+pub struct StatsContext {
+    metrics: Arc<Metrics>,
+    /// Last cumulative error count per broker (librdkafka reports totals; the counter
+    /// grows by the difference).
+    broker_errors: Mutex<HashMap<i32, u64>>,
+}
+
+impl StatsContext {
+    /// A context recording into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> StatsContext {
+        StatsContext {
+            metrics,
+            broker_errors: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        for broker in statistics.brokers.values() {
+            // Bootstrap placeholders (node id -1) are not brokers.
+            if broker.nodeid < 0 {
+                continue;
+            }
+            let labels = BrokerLabels {
+                broker_id: broker.nodeid.to_string(),
+            };
+            self.metrics
+                .kafka_broker_up
+                .get_or_create(&labels)
+                .set(i64::from(broker.state == "UP"));
+            if let Some(rtt) = &broker.rtt {
+                self.metrics
+                    .kafka_broker_rtt
+                    .get_or_create(&labels)
+                    .set(rtt.avg as f64 / 1_000_000.0);
+            }
+            let total = broker.txerrs + broker.rxerrs + broker.req_timeouts;
+            let mut last = self.broker_errors.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = last.insert(broker.nodeid, total).unwrap_or(0);
+            let counter = self.metrics.kafka_broker_errors.get_or_create(&labels);
+            counter.inc_by(total.saturating_sub(previous));
+        }
+        for (topic, details) in &statistics.topics {
+            for (partition, state) in &details.partitions {
+                // -1 is librdkafka's "unassigned" partition; lag -1 means unknown.
+                if *partition < 0 || state.consumer_lag < 0 {
+                    continue;
+                }
+                self.metrics
+                    .kafka_consumer_lag
+                    .get_or_create(&PartitionLabels {
+                        topic: topic.clone(),
+                        partition: partition.to_string(),
+                    })
+                    .set(state.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for StatsContext {}
