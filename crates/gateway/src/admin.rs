@@ -37,6 +37,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/charge-points/{id}/commands", post(send_command))
         .route("/api/v1/events", get(recent_events))
+        .route("/api/v1/log-level", get(get_log_level).put(put_log_level))
+        .route("/api/v1/debug-traces", get(list_debug_traces))
+        .route(
+            "/api/v1/charge-points/{id}/debug-trace",
+            axum::routing::put(start_debug_trace).delete(stop_debug_trace),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             require_token,
@@ -322,4 +328,90 @@ async fn recent_events(
     }
     let events = shared.ring.recent(query.charge_point_id.as_deref(), limit);
     Json(Events { events }).into_response()
+}
+
+async fn get_log_level() -> Response {
+    match crate::telemetry::log_level() {
+        Some(level) => Json(json!({ "level": level })).into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log level control is not available in this process",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLevelRequest {
+    level: String,
+}
+
+async fn put_log_level(body: Result<Json<LogLevelRequest>, JsonRejection>) -> Response {
+    let Ok(Json(request)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"level\": \"<filter>\"}",
+        );
+    };
+    match crate::telemetry::set_log_level(&request.level) {
+        Ok(()) => {
+            tracing::info!(level = %request.level, "log level changed");
+            Json(json!({ "level": request.level })).into_response()
+        }
+        Err(e @ crate::telemetry::LogLevelError::Invalid(_)) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Longest debug trace, in minutes.
+const MAX_DEBUG_TRACE_MINUTES: u64 = 60;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DebugTraceRequest {
+    minutes: u64,
+}
+
+async fn start_debug_trace(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Result<Json<DebugTraceRequest>, JsonRejection>,
+) -> Response {
+    let minutes = match body {
+        Ok(Json(request)) if (1..=MAX_DEBUG_TRACE_MINUTES).contains(&request.minutes) => {
+            request.minutes
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"minutes\": 1..{MAX_DEBUG_TRACE_MINUTES}}}"),
+            )
+        }
+    };
+    let until = shared
+        .debug_traces
+        .start(&id, Duration::from_secs(minutes * 60));
+    tracing::info!(charge_point_id = %id, %until, "debug trace started");
+    Json(json!({ "chargePointId": id, "until": until })).into_response()
+}
+
+async fn stop_debug_trace(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if shared.debug_traces.stop(&id) {
+        tracing::info!(charge_point_id = %id, "debug trace stopped");
+        Json(json!({ "chargePointId": id, "stopped": true })).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("no debug trace for {id}"))
+    }
+}
+
+async fn list_debug_traces(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let traces: Vec<Value> = shared
+        .debug_traces
+        .list()
+        .into_iter()
+        .map(|(id, until)| json!({ "chargePointId": id, "until": until }))
+        .collect();
+    Json(json!({ "debugTraces": traces }))
 }

@@ -257,9 +257,12 @@ pub struct KafkaConfig {
     /// A command id seen again within this window is not sent to the charge point again.
     #[serde(with = "humantime_serde")]
     pub command_dedup_window: Duration,
-    /// Extra librdkafka settings for the producer (override the gateway's own).
+    /// Extra librdkafka settings for the producer (e.g. security, batching). The
+    /// delivery guarantees stay the gateway's: `acks`, `enable.idempotence`,
+    /// `message.timeout.ms`, `queue.buffering.max.messages` are always set by it.
     pub producer: std::collections::BTreeMap<String, String>,
-    /// Extra librdkafka settings for the consumers (override the gateway's own).
+    /// Extra librdkafka settings for the consumers. `group.id`, `enable.auto.commit`,
+    /// `auto.offset.reset` and `enable.partition.eof` are always set by the gateway.
     pub consumer: std::collections::BTreeMap<String, String>,
 }
 

@@ -141,7 +141,7 @@ pub async fn handle_call(
             }
         }
         Some(Err(violation)) => {
-            warn!(%message_id, %action, error = %violation, "CALL payload failed validation");
+            crate::warn_limited!(%message_id, %action, error = %violation, "CALL payload failed validation");
             return CallReply::error(
                 &message_id,
                 version,
@@ -197,7 +197,7 @@ pub async fn handle_call(
         Err(e) => Err(e),
     };
     if let Err(e) = &delivered {
-        warn!(%message_id, %action, error = %e, durable, "event not stored");
+        crate::warn_limited!(%message_id, %action, error = %e, durable, "event not stored");
         if durable {
             return CallReply::refusal(
                 &message_id,

@@ -50,6 +50,8 @@ pub struct Shared {
     pub config: Config,
     /// Every metric.
     pub metrics: Arc<Metrics>,
+    /// Per-charge-point debug traces.
+    pub debug_traces: crate::telemetry::debug_trace::DebugTraces,
     /// Compiled OCPP schemas.
     pub schemas: SchemaSet,
     /// The local responder.
@@ -93,7 +95,7 @@ impl Shared {
     /// Publishes an event nobody waits on; a failure is logged.
     pub async fn publish_quietly(&self, event: Event) {
         if let Err(e) = self.publish(event).await {
-            warn!(error = %e, "event not stored");
+            crate::warn_limited!(error = %e, "event not stored");
         }
     }
 
@@ -216,6 +218,7 @@ impl Gateway {
         };
         let shared = Arc::new(Shared {
             metrics,
+            debug_traces: Default::default(),
             schemas,
             responder: LocalResponder::new(&config.responder),
             sink,
@@ -370,12 +373,9 @@ impl Gateway {
 
 fn new_metrics(config: &Config) -> Arc<Metrics> {
     let topics = &config.kafka.topics;
-    let kafka_topics: Vec<&str> = if config.kafka.enabled() {
-        vec![&topics.events, &topics.command_results]
-    } else {
-        Vec::new()
-    };
-    Metrics::new(&config.listener.subprotocols, &kafka_topics)
+    let kafka_topics: [&str; 2] = [&topics.events, &topics.command_results];
+    let kafka = config.kafka.enabled().then_some(&kafka_topics[..]);
+    Metrics::new(&config.listener.subprotocols, kafka)
 }
 
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, StartError> {
@@ -427,7 +427,7 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Usually EMFILE: back off briefly instead of spinning.
-                error!(error = %e, "accept failed");
+                crate::error_limited!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -72,6 +72,8 @@ async fn events_arrive_keyed_in_order_with_headers_and_a_valid_envelope() {
     let gw = start(&broker, |_| {}).await;
     let status16 = json!({"connectorId": 1, "errorCode": "NoError", "status": "Available"});
     let status2 = json!({"timestamp": "2024-01-01T00:00:00Z", "connectorStatus": "Available", "evseId": 1, "connectorId": 1});
+    // Kept open: a closed event per client would race the counts below.
+    let mut clients = Vec::new();
     for (cp, version) in [
         ("K-16", "ocpp1.6"),
         ("K-201", "ocpp2.0.1"),
@@ -95,6 +97,7 @@ async fn events_arrive_keyed_in_order_with_headers_and_a_valid_envelope() {
             let reply = client.call(&format!("{cp}-{i}"), action, payload).await;
             assert_eq!(reply[0], 3, "{reply}");
         }
+        clients.push(client);
     }
     let expected = |cp: &str| (0..4).map(|i| format!("{cp}-{i}")).collect::<Vec<_>>();
     let records = broker
@@ -129,6 +132,30 @@ async fn events_arrive_keyed_in_order_with_headers_and_a_valid_envelope() {
     assert_eq!(boot.value["data"]["payload"], boot_payload("ocpp2.1"));
     assert!(records.iter().any(|r| r.value["subject"] == "K-16"
         && r.value["type"] == "chargepointgateway.connection.opened"));
+    // 3 opened events and 12 messages, all acknowledged.
+    let produced = r#"ocppgw_kafka_produce_total{topic="ocpp.events",outcome="ok"}"#;
+    assert_eq!(gw.sample(produced).await, Some(15.0));
+    let latency = r#"ocppgw_kafka_produce_duration_seconds_count{topic="ocpp.events"}"#;
+    assert_eq!(gw.sample(latency).await, Some(15.0));
+    assert_eq!(gw.sample("ocppgw_kafka_connected").await, Some(1.0));
+    // With Kafka on, every documented metric is registered.
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/metrics.md"
+    ))
+    .unwrap();
+    let registered: Vec<&str> = gw.shared.metrics.names().to_vec();
+    for name in doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+    {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            registered.contains(&base),
+            "{name} not registered with Kafka on"
+        );
+    }
 }
 
 #[tokio::test]
@@ -295,6 +322,8 @@ async fn every_command_gets_exactly_one_result() {
         "this is not JSON".to_owned(),
         json!({"commandId": "c1", "chargePointId": "CMD-1", "action": "Reset", "payload": {"type": "Soft"}}).to_string(),
         json!({"commandId": "c9", "chargePointId": "CMD-1", "action": "ClearCache", "payload": {}}).to_string(),
+        json!({"commandId": "c10", "chargePointId": "CMD-1", "action": "ClearCache", "payload": {}, "timeoutSeconds": u64::MAX}).to_string(),
+        json!({"commandId": "", "chargePointId": "CMD-1", "action": "ClearCache", "payload": {}}).to_string(),
     ];
     for record in &records {
         broker
@@ -310,6 +339,7 @@ async fn every_command_gets_exactly_one_result() {
         ("c6", "invalid"),
         ("c7", "invalid"),
         ("c9", "completed"),
+        ("c10", "invalid"),
     ];
     let results = broker
         .read_until("ocpp.command-results", |records| {
@@ -330,6 +360,10 @@ async fn every_command_gets_exactly_one_result() {
         );
     }
     let by_id = results_by_id(&results);
+    assert!(
+        !by_id.contains_key(""),
+        "a command without an id gets no result"
+    );
     let timeouts =
         r#"ocppgw_commands_total{source="kafka",action="GetConfiguration",outcome="timeout"}"#;
     assert_eq!(gw.sample(timeouts).await, Some(1.0));

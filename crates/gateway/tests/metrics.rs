@@ -32,7 +32,11 @@ fn without_total(names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
 async fn metrics_doc_matches_the_registry() {
     let gw = TestGateway::start().await;
     let registered = without_total(gw.shared.metrics.names().iter().map(|n| n.to_string()));
-    let documented = without_total(documented_metrics());
+    // Without Kafka the Kafka families are absent; tests/kafka.rs checks them with Kafka on.
+    let documented: BTreeSet<String> = without_total(documented_metrics())
+        .into_iter()
+        .filter(|name| !name.starts_with("ocppgw_kafka_"))
+        .collect();
     // Everything a scrape shows is registered (collectors included).
     let scraped = without_total(family_names(&gw.scrape().await));
     let unregistered: Vec<_> = scraped.difference(&registered).collect();

@@ -38,6 +38,8 @@ pub const COMMAND_RESULT: &str = "chargepointgateway.command.result";
 
 /// How long to wait before retrying to set up the consumer or to produce a result.
 const RETRY: Duration = Duration::from_secs(1);
+/// Longest `timeoutSeconds` a command may ask for.
+const MAX_TIMEOUT_SECONDS: u64 = 3600;
 /// Most command ids remembered for de-duplication.
 const MAX_REMEMBERED_IDS: usize = 200_000;
 
@@ -244,11 +246,19 @@ async fn run_once(
         let span = info_span!("command", partition, offset);
         tokio::spawn(
             async move {
-                if let Some(result) = handle(&shared, &dedup, &record, received_at).await {
-                    let action =
-                        any_version_action_label(result.action.as_deref().unwrap_or_default());
-                    shared.metrics.command("kafka", action, result.status);
-                    publish_result(&bus, result, &stop).await;
+                let settled = match handle(&shared, &dedup, &record, received_at).await {
+                    Some(result) => {
+                        let action =
+                            any_version_action_label(result.action.as_deref().unwrap_or_default());
+                        shared.metrics.command("kafka", action, result.status);
+                        publish_result(&bus, result, &stop).await
+                    }
+                    None => true,
+                };
+                if !settled {
+                    // Not committed: the record is read again after a restart.
+                    drop(slot);
+                    return;
                 }
                 let position = offsets
                     .lock()
@@ -329,12 +339,18 @@ async fn handle(
                     format!("malformed command: {e}"),
                 )),
                 _ => {
-                    warn!(error = %e, "command record has no commandId; skipped");
+                    crate::warn_limited!(error = %e, "command record has no commandId; skipped");
                     None
                 }
             };
         }
     };
+    if command.command_id.is_empty() {
+        crate::warn_limited!(
+            "command record has an empty commandId; skipped (its result could not be matched)"
+        );
+        return None;
+    }
     if !dedup
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -355,11 +371,21 @@ async fn handle(
             completed_at: Utc::now(),
             gateway_node: node.clone(),
         };
-    if command.command_id.is_empty() || !command.payload.is_object() {
+    if !command.payload.is_object() {
         return Some(invalid(
             command.command_id.clone(),
             &body,
-            "commandId must not be empty and payload must be an object".to_owned(),
+            "payload must be an object".to_owned(),
+        ));
+    }
+    if command
+        .timeout_seconds
+        .is_some_and(|t| !(1..=MAX_TIMEOUT_SECONDS).contains(&t))
+    {
+        return Some(invalid(
+            command.command_id.clone(),
+            &body,
+            format!("timeoutSeconds must be between 1 and {MAX_TIMEOUT_SECONDS}"),
         ));
     }
     let remaining = command
@@ -424,7 +450,11 @@ async fn handle(
 }
 
 /// Produces a result, retrying until the brokers acknowledge it or shutdown.
-async fn publish_result(bus: &Arc<KafkaBus>, result: CommandResult, stop: &CancellationToken) {
+async fn publish_result(
+    bus: &Arc<KafkaBus>,
+    result: CommandResult,
+    stop: &CancellationToken,
+) -> bool {
     let subject = result
         .charge_point_id
         .clone()
@@ -438,7 +468,7 @@ async fn publish_result(bus: &Arc<KafkaBus>, result: CommandResult, stop: &Cance
         EventData::CommandResult(Box::new(result)),
     );
     let Ok(value) = serde_json::to_vec(&event) else {
-        return;
+        return false;
     };
     loop {
         let produced = bus
@@ -457,14 +487,14 @@ async fn publish_result(bus: &Arc<KafkaBus>, result: CommandResult, stop: &Cance
         match acked {
             Ok(()) => {
                 debug!(%command_id, status, "command result produced");
-                return;
+                return true;
             }
             Err(e) => {
                 warn!(error = %e, %command_id, "command result not produced; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => {
                         warn!(%command_id, "shutdown before the command result was produced; the command will be redelivered");
-                        return;
+                        return false;
                     }
                     _ = tokio::time::sleep(RETRY) => {}
                 }

@@ -119,14 +119,22 @@ impl KafkaBus {
         config: &KafkaConfig,
         metrics: &Arc<Metrics>,
     ) -> Result<FutureProducer<StatsContext>, KafkaError> {
-        let mut client = ClientConfig::new();
+        // The user's settings first; the delivery guarantees are not theirs to switch off.
+        let mut client = client_config(config, &config.producer);
         client
-            .set("bootstrap.servers", &config.brokers)
-            .set("client.id", "charge-point-gateway")
+            .set(
+                "compression.type",
+                config
+                    .producer
+                    .get("compression.type")
+                    .map_or("lz4", String::as_str),
+            )
+            .set(
+                "linger.ms",
+                config.producer.get("linger.ms").map_or("5", String::as_str),
+            )
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
             .set(
                 "message.timeout.ms",
                 config.delivery_timeout.as_millis().to_string(),
@@ -136,11 +144,7 @@ impl KafkaBus {
                 "queue.buffering.max.messages",
                 (config.max_in_flight * 2 + 1000).to_string(),
             )
-            .set("reconnect.backoff.max.ms", "2000");
-        client.set("statistics.interval.ms", stats::STATISTICS_INTERVAL_MS);
-        for (key, value) in &config.producer {
-            client.set(key, value);
-        }
+            .set("statistics.interval.ms", stats::STATISTICS_INTERVAL_MS);
         client.create_with_context(StatsContext::new(metrics.clone()))
     }
 

@@ -228,7 +228,7 @@ impl ReplyRouter {
                         "reply for a CALL not waiting here"
                     ),
                     Err(e) => {
-                        warn!(error = %e, offset = message.offset(), partition = message.partition(), "malformed reply record")
+                        crate::warn_limited!(error = %e, offset = message.offset(), partition = message.partition(), "malformed reply record")
                     }
                 },
                 Err(e) => warn!(error = %e, "reply consumer error"),

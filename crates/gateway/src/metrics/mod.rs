@@ -210,8 +210,10 @@ pub fn error_code_label(code: &str) -> &'static str {
 }
 
 impl Metrics {
-    /// Registers every metric and starts the known series at 0.
-    pub fn new(supported: &[OcppVersion], kafka_topics: &[&str]) -> Arc<Metrics> {
+    /// Registers every metric and starts the known series at 0. The `ocppgw_kafka_*`
+    /// families exist only with Kafka on (`kafka_topics` is `Some`), so that a gateway
+    /// without Kafka never looks like one whose broker is down.
+    pub fn new(supported: &[OcppVersion], kafka_topics: Option<&[&str]>) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let m = Metrics {
             ready: Gauge::default(),
@@ -357,60 +359,62 @@ impl Metrics {
             "Commands by source, action and outcome",
             m.commands.clone(),
         );
-        r.add(
-            "ocppgw_kafka_produce",
-            "Records produced by acknowledgement outcome",
-            m.kafka_produce.clone(),
-        );
-        r.add(
-            "ocppgw_kafka_produce_duration_seconds",
-            "From produce to broker acknowledgement",
-            m.kafka_produce_duration.clone(),
-        );
-        r.add(
-            "ocppgw_kafka_in_flight_records",
-            "Records not yet acknowledged",
-            m.kafka_in_flight.clone(),
-        );
-        r.add(
-            "ocppgw_kafka_in_flight_records_limit",
-            "kafka.max_in_flight",
-            m.kafka_in_flight_limit.clone(),
-        );
-        r.add(
-            "ocppgw_kafka_connected",
-            "1 while the brokers answer",
-            m.kafka_connected.clone(),
-        );
-        r.add(
-            "ocppgw_kafka_broker_up",
-            "1 when the connection to the broker is up",
-            m.kafka_broker_up.clone(),
-        );
-        r.add(
-            "ocppgw_kafka_broker_rtt_seconds",
-            "Average request round trip to the broker",
-            m.kafka_broker_rtt.clone(),
-        );
-        r.add(
-            "ocppgw_kafka_broker_errors",
-            "Errors and request timeouts toward the broker",
-            m.kafka_broker_errors.clone(),
-        );
-        r.add(
-            "ocppgw_kafka_consumer_lag",
-            "Records behind the partition end (commands)",
-            m.kafka_consumer_lag.clone(),
-        );
-        r.add(
-            "ocppgw_kafka_record_age_seconds",
-            "Age of consumed command records when read",
-            m.kafka_record_age.clone(),
-        );
+        if kafka_topics.is_some() {
+            r.add(
+                "ocppgw_kafka_produce",
+                "Records produced by acknowledgement outcome",
+                m.kafka_produce.clone(),
+            );
+            r.add(
+                "ocppgw_kafka_produce_duration_seconds",
+                "From produce to broker acknowledgement",
+                m.kafka_produce_duration.clone(),
+            );
+            r.add(
+                "ocppgw_kafka_in_flight_records",
+                "Records not yet acknowledged",
+                m.kafka_in_flight.clone(),
+            );
+            r.add(
+                "ocppgw_kafka_in_flight_records_limit",
+                "kafka.max_in_flight",
+                m.kafka_in_flight_limit.clone(),
+            );
+            r.add(
+                "ocppgw_kafka_connected",
+                "1 while the brokers answer",
+                m.kafka_connected.clone(),
+            );
+            r.add(
+                "ocppgw_kafka_broker_up",
+                "1 when the connection to the broker is up",
+                m.kafka_broker_up.clone(),
+            );
+            r.add(
+                "ocppgw_kafka_broker_rtt_seconds",
+                "Average request round trip to the broker",
+                m.kafka_broker_rtt.clone(),
+            );
+            r.add(
+                "ocppgw_kafka_broker_errors",
+                "Errors and request timeouts toward the broker",
+                m.kafka_broker_errors.clone(),
+            );
+            r.add(
+                "ocppgw_kafka_consumer_lag",
+                "Records behind the partition end (commands)",
+                m.kafka_consumer_lag.clone(),
+            );
+            r.add(
+                "ocppgw_kafka_record_age_seconds",
+                "Age of consumed command records when read",
+                m.kafka_record_age.clone(),
+            );
+        }
         registry.register_collector(Box::new(process::ProcessCollector));
         names.extend(process::NAMES);
 
-        m.initialise(supported, kafka_topics);
+        m.initialise(supported, kafka_topics.unwrap_or_default());
         Arc::new(Metrics {
             registry,
             names,

@@ -238,7 +238,10 @@ impl SessionHandle {
         let call = Box::new(OutboundCall {
             action: action.to_owned(),
             payload,
-            deadline: Instant::now() + timeout,
+            // A timeout beyond the clock's range waits as long as it can.
+            deadline: Instant::now()
+                .checked_add(timeout)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
             reply,
         });
         match mode {

@@ -46,6 +46,7 @@ use crate::{
     },
     gateway::Shared,
     metrics::{action_label, ReasonLabels, VersionActionLabels, VersionLabels, OTHER},
+    telemetry::debug_trace::redact,
 };
 
 /// The `invalid_frames_total{kind}` label of a decoding failure.
@@ -330,6 +331,9 @@ where
 
     async fn on_text(&mut self, text: &str) -> Option<EndReason> {
         let version = self.version();
+        if self.shared.debug_traces.is_on(&self.info.charge_point_id) {
+            info!(direction = "in", frame = %redact(text), "debug trace");
+        }
         let size = text.len();
         let frame = match Frame::decode(text, version) {
             Ok(frame) => frame,
@@ -337,7 +341,7 @@ where
                 self.shared
                     .metrics
                     .invalid_frame(frame_error_label(&error.kind));
-                warn!(error = %error, message_type = ?error.message_type, "invalid frame");
+                crate::warn_limited!(error = %error, message_type = ?error.message_type, "invalid frame");
                 if error.warrants_reply() {
                     let reply = error.to_call_error(version);
                     self.count_error_sent(error.error_code(), OTHER, reply.len());
@@ -456,7 +460,7 @@ where
         payload: Box<RawValue>,
     ) -> Option<EndReason> {
         let Some(pending) = self.take_outbound(&message_id) else {
-            warn!(%message_id, "CALLRESULT for no pending CALL (late or unknown)");
+            crate::warn_limited!(%message_id, "CALLRESULT for no pending CALL (late or unknown)");
             self.shared.metrics.late_responses.inc();
             self.record_message(MessageType::CallResult, &message_id, None, Some(payload))
                 .await;
@@ -521,7 +525,7 @@ where
 
     async fn on_call_error(&mut self, error: RpcError) {
         let Some(pending) = self.take_outbound(&error.message_id) else {
-            warn!(message_id = %error.message_id, "CALLERROR for no pending CALL (late or unknown)");
+            crate::warn_limited!(message_id = %error.message_id, "CALLERROR for no pending CALL (late or unknown)");
             self.shared.metrics.late_responses.inc();
             self.record_error_frame(MessageType::CallError, None, error)
                 .await;
@@ -721,6 +725,9 @@ where
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), EndReason> {
+        if self.shared.debug_traces.is_on(&self.info.charge_point_id) {
+            info!(direction = "out", frame = %redact(&text), "debug trace");
+        }
         self.send(Message::text(text)).await
     }
 

@@ -183,7 +183,7 @@ mod tests {
     async fn writes_json_lines_and_acknowledges_after_writing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let metrics = Metrics::new(&ocpp::OcppVersion::ALL, &[]);
+        let metrics = Metrics::new(&ocpp::OcppVersion::ALL, None);
         let sink = EmbeddedSink::start(Output::File(path.clone()), 8, metrics.clone())
             .await
             .unwrap();
