@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ocpp::{catalogue, OcppVersion, PayloadKind, ViolationDetail};
 use serde_json::{value::RawValue, Value};
+use tracing::Instrument;
 
 use crate::{
     gateway::Shared,
@@ -91,5 +92,20 @@ pub async fn send_command(
         }
     })?;
     let timeout = timeout.unwrap_or(shared.config.session.call_timeout);
-    Ok(session.call(action, raw, timeout, mode).await)
+    let span = tracing::info_span!(
+        "ocpp.command",
+        otel.name = %format!("ocpp {action}"),
+        otel.kind = "client",
+        rpc.system = "ocpp",
+        rpc.method = %action,
+        ocpp.version = %version,
+        charge_point_id = %charge_point_id,
+        ocpp.outcome = tracing::field::Empty,
+    );
+    let outcome = session
+        .call(action, raw, timeout, mode)
+        .instrument(span.clone())
+        .await;
+    span.record("ocpp.outcome", outcome.status());
+    Ok(outcome)
 }

@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(&config.log);
+    let _telemetry = telemetry::init_logging(&config.log);
     let gateway = match Gateway::bind(config).await {
         Ok(gateway) => gateway,
         Err(e) => {

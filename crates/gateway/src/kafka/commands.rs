@@ -16,6 +16,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
+    message::Headers,
     Message, Offset, TopicPartitionList,
 };
 use serde::{Deserialize, Serialize};
@@ -243,7 +244,25 @@ async fn run_once(
             consumer.clone(),
             stop.clone(),
         );
-        let span = info_span!("command", partition, offset);
+        // Created outside any span: a trace of its own, joined to the backend's trace
+        // in the record's headers.
+        let span = info_span!(
+            "kafka.consume",
+            otel.name = %format!("{} process", topic),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = %topic,
+            messaging.destination.partition.id = partition,
+            messaging.kafka.offset = offset,
+        );
+        if let Some(headers) = message.headers() {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .filter_map(|h| Some((h.key, std::str::from_utf8(h.value?).ok()?)))
+                .collect();
+            crate::telemetry::traces::adopt_parent(&span, pairs);
+        }
         tokio::spawn(
             async move {
                 let settled = match handle(&shared, &dedup, &record, received_at).await {

@@ -234,10 +234,26 @@ impl KafkaBus {
             .acquire_owned()
             .await
             .map_err(|_| SinkError::Closed)?;
-        let headers = OwnedHeaders::new().insert(Header {
+        let span = tracing::info_span!(
+            "kafka.produce",
+            otel.name = %format!("{topic} publish"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = %topic,
+            messaging.kafka.message.key = %key,
+        );
+        let mut headers = OwnedHeaders::new().insert(Header {
             key: "content-type",
             value: Some(content_type),
         });
+        for (name, value) in crate::telemetry::traces::inject(&span) {
+            headers = headers.insert(Header {
+                key: &name,
+                value: Some(&value),
+            });
+        }
         let mut record = FutureRecord::to(topic)
             .key(key)
             .payload(&value)
@@ -270,6 +286,10 @@ impl KafkaBus {
                 Err(_) => Err(SinkError::Closed),
             };
             bus.count(topic_label, event_type, outcome.is_ok(), started);
+            if outcome.is_err() {
+                span.record("otel.status_code", "error");
+            }
+            drop(span);
             drop(permit);
             let _ = ack.send(outcome);
         });

@@ -30,7 +30,7 @@ use tokio_tungstenite::{
     },
     WebSocketStream,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 pub use handle::{
     CallErrorInfo, CallOutcome, CloseRequest, ConnectionInfo, ErrorOrigin, PendingCallInfo,
@@ -444,7 +444,22 @@ where
             let message_id = call.message_id.clone();
             let action_label = action_label(self.version(), &call.action);
             let received = call.received;
-            let future = dispatch::handle_call(self.shared.clone(), self.info.clone(), call);
+            // Each CALL is a trace of its own (no session parent), with the ids that the
+            // session span gives log lines.
+            let span = tracing::info_span!(
+                parent: None,
+                "ocpp.call",
+                otel.name = %format!("ocpp {}", call.action),
+                otel.kind = "server",
+                rpc.system = "ocpp",
+                rpc.method = %call.action,
+                ocpp.version = %self.version(),
+                ocpp.message_id = %call.message_id,
+                charge_point_id = %self.info.charge_point_id,
+                connection_id = %self.info.connection_id,
+            );
+            let future = dispatch::handle_call(self.shared.clone(), self.info.clone(), call)
+                .instrument(span);
             self.in_flight = Some(InFlight {
                 message_id,
                 action_label,

@@ -114,6 +114,35 @@ impl Broker {
             .expect("test record produced");
     }
 
+    /// Produces one record with headers and waits for its acknowledgement.
+    pub async fn produce_with_headers(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        key: &str,
+        value: &str,
+        headers: &[(&str, &str)],
+    ) {
+        let mut owned = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(value)
+                    .headers(owned),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("test record produced");
+    }
+
     /// Reads `topic` from the beginning until `done` holds for everything read so far.
     pub async fn read_until(&self, topic: &str, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
         let address = self.address.clone();
