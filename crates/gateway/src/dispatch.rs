@@ -191,7 +191,12 @@ pub async fn handle_call(
                 .get_or_create(&ActionLabels {
                     action: action_label(version, &action),
                 })
-                .observe(received.elapsed().as_secs_f64());
+                .observe(
+                    received.elapsed().as_secs_f64(),
+                    crate::telemetry::traces::trace_id(&tracing::Span::current())
+                        .map(|trace_id| crate::metrics::TraceLabels { trace_id }),
+                    None,
+                );
         }),
         Ok(_) => Ok(()),
         Err(e) => Err(e),

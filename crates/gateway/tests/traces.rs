@@ -187,6 +187,24 @@ async fn traces_link_calls_records_and_commands() {
         server["traceId"].as_str().unwrap(),
         producer["spanId"].as_str().unwrap()
     );
+    let exemplar = format!(
+        r#"# {{trace_id="{}"}}"#,
+        server["traceId"].as_str().unwrap()
+    );
+    let scrape = gw.scrape().await;
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("ocppgw_ingest_duration_seconds_bucket{")
+                && l.contains("action=\"BootNotification\"")
+                && l.contains(&exemplar)),
+        "the ingest histogram carries the CALL's trace id as an exemplar: {}",
+        scrape
+            .lines()
+            .filter(|l| l.contains("ingest_duration_seconds_bucket") && l.contains("Boot"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(
         traceparent, expected,
         "the record's traceparent names the PRODUCER span"

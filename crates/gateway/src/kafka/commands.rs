@@ -255,6 +255,8 @@ async fn run_once(
             messaging.destination.name = %topic,
             messaging.destination.partition.id = partition,
             messaging.kafka.offset = offset,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         if let Some(headers) = message.headers() {
             let pairs: Vec<(&str, &str)> = headers
@@ -263,6 +265,7 @@ async fn run_once(
                 .collect();
             crate::telemetry::traces::adopt_parent(&span, pairs);
         }
+        crate::telemetry::traces::record_ids(&span);
         tokio::spawn(
             async move {
                 let settled = match handle(&shared, &dedup, &record, received_at).await {

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use ocpp::{catalogue, ErrorCode, MessageType, OcppVersion};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{
+        counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 
@@ -99,6 +102,17 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+fn latency_histogram_with_exemplars() -> HistogramWithExemplars<TraceLabels> {
+    HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter())
+}
+
+/// The exemplar label of a traced observation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabels {
+    /// The OpenTelemetry trace id (hex).
+    pub trace_id: String,
+}
+
 fn size_histogram() -> Histogram {
     Histogram::new(SIZE_BUCKETS)
 }
@@ -118,7 +132,11 @@ pub struct Metrics {
     pub message_size: HistogramFamily<DirectionLabels>,
     pub invalid_frames: Family<KindLabels, Counter>,
     pub message_processing_duration: HistogramFamily<VersionActionLabels>,
-    pub ingest_duration: HistogramFamily<ActionLabels>,
+    pub ingest_duration: Family<
+        ActionLabels,
+        HistogramWithExemplars<TraceLabels>,
+        fn() -> HistogramWithExemplars<TraceLabels>,
+    >,
     pub call_duration: HistogramFamily<CallLabels>,
     pub call_errors: Family<CallErrorLabels, Counter>,
     pub pending_calls: Gauge,
@@ -226,7 +244,7 @@ impl Metrics {
             message_size: Family::new_with_constructor(size_histogram),
             invalid_frames: Family::default(),
             message_processing_duration: Family::new_with_constructor(latency_histogram),
-            ingest_duration: Family::new_with_constructor(latency_histogram),
+            ingest_duration: Family::new_with_constructor(latency_histogram_with_exemplars),
             call_duration: Family::new_with_constructor(latency_histogram),
             call_errors: Family::default(),
             pending_calls: Gauge::default(),

@@ -457,7 +457,10 @@ where
                 ocpp.message_id = %call.message_id,
                 charge_point_id = %self.info.charge_point_id,
                 connection_id = %self.info.connection_id,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
             );
+            crate::telemetry::traces::record_ids(&span);
             let future = dispatch::handle_call(self.shared.clone(), self.info.clone(), call)
                 .instrument(span);
             self.in_flight = Some(InFlight {

@@ -72,6 +72,26 @@ where
         }))
 }
 
+/// The trace id of `span` (hex), when it is exported.
+pub fn trace_id(span: &Span) -> Option<String> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// Records the span's own trace and span ids as its `trace_id` / `span_id` fields, so
+/// that every log line inside it carries them (no-op while tracing is off).
+pub fn record_ids(span: &Span) {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string());
+        span.record("span_id", span_context.span_id().to_string());
+    }
+}
+
 /// The W3C trace context of `span` as record headers (empty while tracing is off).
 pub fn inject(span: &Span) -> Vec<(String, String)> {
     let context = span.context();
