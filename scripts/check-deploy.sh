@@ -3,6 +3,8 @@
 # the example Prometheus config, and the Grafana dashboard's queries (they must parse as
 # PromQL). Works from any directory. Needs promtool, which it installs with apt-get
 # (Debian's `prometheus` package) when it is missing, and python3 (standard library only).
+# It also installs the package when the `prometheus` server binary is missing, because
+# the end-to-end test in tests/observability runs one (scripts/test.sh calls this first).
 #
 # It never starts a Prometheus server, and if installing the package starts one (as
 # Debian's maintainer scripts may), it stops that server again.
@@ -93,10 +95,10 @@ install_promtool() {
 }
 
 section "[1/5] promtool"
-if command -v promtool >/dev/null 2>&1; then
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
     echo "using $(command -v promtool)"
 else
-    echo "promtool not found: installing Debian's prometheus package"
+    echo "promtool or prometheus not found: installing Debian's prometheus package"
     install_promtool
 fi
 promtool --version 2>&1 | head -n 1

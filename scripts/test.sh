@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The one test command: Rust unit and integration tests (the Kafka ones against a real
-# tansu broker process), then the Python interop tests against the real binary. Works from
-# any directory. Needs cargo and python3 (3.11) with pip; everything else is installed
-# here: tansu with `cargo install` (once per machine), the interop packages into .venv.
+# tansu broker process), the checks of the Prometheus rules and Grafana dashboard, then the
+# Python tests against the real binary: the interop tests, and the observability tests
+# (one of which runs the gateway with tansu and a real Prometheus server). Works from any
+# directory. Needs cargo and python3 (3.11) with pip; everything else is installed here:
+# tansu with `cargo install` (once per machine), Debian's prometheus package (promtool and
+# the server) by scripts/check-deploy.sh, the Python packages into .venv.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,7 +13,7 @@ cd "$ROOT"
 
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
-REQUIREMENTS="tests/interop/requirements.txt"
+REQUIREMENTS=(tests/interop/requirements.txt tests/observability/requirements.txt)
 STAMP="$VENV/.requirements.sha"
 
 section() {
@@ -31,7 +34,7 @@ sha256_of() {
     fi
 }
 
-section "[1/5] Kafka-protocol broker for the Kafka tests (tansu 0.6.0)"
+section "[1/6] Kafka-protocol broker for the Kafka tests (tansu 0.6.0)"
 # A real broker process, built once per machine (about 10 minutes on 2 cores);
 # `cargo install` skips the build when this version is already installed.
 TANSU_VERSION="0.6.0"
@@ -44,24 +47,29 @@ else
 fi
 export TANSU_BIN="$(command -v tansu)"
 
-section "[2/5] Python environment for the interop tests ($VENV)"
+section "[2/6] Python environment for the interop and observability tests ($VENV)"
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "creating $VENV with $("$PYTHON" --version 2>&1)"
     "$PYTHON" -m venv "$VENV"
 fi
-wanted_sha="$(sha256_of "$REQUIREMENTS")"
+# One line per requirements file: a change to either reinstalls.
+wanted_sha="$(for file in "${REQUIREMENTS[@]}"; do printf '%s  %s\n' "$(sha256_of "$file")" "$file"; done)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$wanted_sha" ]]; then
-    echo "$REQUIREMENTS unchanged since the last install; skipping pip install"
+    echo "${REQUIREMENTS[*]} unchanged since the last install; skipping pip install"
 else
-    echo "pip install -q -r $REQUIREMENTS"
-    "$VENV/bin/python" -m pip install -q -r "$REQUIREMENTS"
+    pip_args=()
+    for file in "${REQUIREMENTS[@]}"; do
+        pip_args+=(-r "$file")
+    done
+    echo "pip install -q ${pip_args[*]}"
+    "$VENV/bin/python" -m pip install -q "${pip_args[@]}"
     printf '%s\n' "$wanted_sha" >"$STAMP"
 fi
 
-section "[3/5] cargo test --workspace --all-targets"
+section "[3/6] cargo test --workspace --all-targets"
 cargo test --workspace --all-targets
 
-section "[4/5] cargo build -p charge-point-gateway --bin charge-point-gateway"
+section "[4/6] cargo build -p charge-point-gateway --bin charge-point-gateway"
 cargo build -p charge-point-gateway --bin charge-point-gateway
 
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -72,5 +80,10 @@ if [[ ! -x "$GATEWAY_BIN" ]]; then
     exit 1
 fi
 
-section "[5/5] interop tests: pytest tests/interop (GATEWAY_BIN=$GATEWAY_BIN)"
-GATEWAY_BIN="$GATEWAY_BIN" "$VENV/bin/python" -m pytest -q tests/interop
+section "[5/6] deploy checks: scripts/check-deploy.sh (Prometheus rules and Grafana dashboard)"
+# Also installs Debian's prometheus package when promtool or the server is missing: the
+# observability tests below run both.
+bash scripts/check-deploy.sh
+
+section "[6/6] Python tests: pytest tests/interop tests/observability (GATEWAY_BIN=$GATEWAY_BIN)"
+GATEWAY_BIN="$GATEWAY_BIN" "$VENV/bin/python" -m pytest -q tests/interop tests/observability

@@ -64,6 +64,9 @@ class Gateway:
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            # Not the default 0.0.0.0:9090, which may be taken (e.g. by a Prometheus).
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--log-format",
             "json",
             "--events",
@@ -295,6 +298,16 @@ class AdminClient:
     async def post(self, path: str, body):
         return await asyncio.wait_for(
             asyncio.to_thread(self._request, "POST", path, body), STEP_TIMEOUT_S + 5
+        )
+
+    async def put(self, path: str, body):
+        return await asyncio.wait_for(
+            asyncio.to_thread(self._request, "PUT", path, body), STEP_TIMEOUT_S + 5
+        )
+
+    async def delete(self, path: str):
+        return await asyncio.wait_for(
+            asyncio.to_thread(self._request, "DELETE", path), STEP_TIMEOUT_S + 5
         )
 
     async def command(self, cp_id: str, action: str, payload: dict, timeout_s=10):

@@ -4,7 +4,9 @@ Standard library only. `dashboard_queries(path, variables)` walks every panel of
 dashboard JSON (rows included, expanded or collapsed) and returns each target's `expr`
 with Grafana's variables replaced:
 
-- `$__rate_interval` (and `$__interval`) become `1m`, `$__range` becomes `1h`;
+- `$__rate_interval` (and `$__interval`) become `1m`, `$__range` becomes `1h` (pass
+  `builtins={"__rate_interval": "15s"}` for other values, e.g. to query a Prometheus
+  that has only a few seconds of data);
 - a template variable (`$name`, `${name}`, `${name:format}` or `[[name]]`) becomes the
   value given in `variables`, regex-escaped for use inside a PromQL `=~"..."` string;
   a list of values becomes `(a|b)`; a variable that is missing, `None`, `"$__all"` or
@@ -64,14 +66,20 @@ def _format_value(value: VariableValue) -> str:
     return "(" + "|".join(_regex_escape(v) for v in values) + ")"
 
 
-def substitute(expr: str, variables: Mapping[str, VariableValue] | None = None) -> str:
-    """Replace Grafana variables in one expression (see the module docstring)."""
+def substitute(
+    expr: str,
+    variables: Mapping[str, VariableValue] | None = None,
+    builtins: Mapping[str, str] | None = None,
+) -> str:
+    """Replace Grafana variables in one expression (see the module docstring).
+    `builtins` overrides some of the BUILTINS values."""
     variables = variables or {}
+    fixed = {**BUILTINS, **(builtins or {})}
 
     def replace(match: re.Match[str]) -> str:
         name = match.group("braced") or match.group("bracketed") or match.group("plain")
-        if name in BUILTINS:
-            return BUILTINS[name]
+        if name in fixed:
+            return fixed[name]
         return _format_value(variables.get(name))
 
     return _VARIABLE.sub(replace, expr)
@@ -106,12 +114,17 @@ def raw_queries(dashboard: dict) -> list[tuple[str, str]]:
 
 
 def dashboard_queries(
-    path: str | Path, variables: Mapping[str, VariableValue] | None = None
+    path: str | Path,
+    variables: Mapping[str, VariableValue] | None = None,
+    builtins: Mapping[str, str] | None = None,
 ) -> list[tuple[str, str]]:
     """(panel title, expr) for every target expr of the dashboard at `path`, with
-    `$__rate_interval` replaced by `1m` and template variables by `variables`."""
+    `$__rate_interval` replaced by `1m` (or `builtins["__rate_interval"]`) and template
+    variables by `variables`."""
     dashboard = load_dashboard(path)
-    return [(title, substitute(expr, variables)) for title, expr in raw_queries(dashboard)]
+    return [
+        (title, substitute(expr, variables, builtins)) for title, expr in raw_queries(dashboard)
+    ]
 
 
 def _main(argv: list[str]) -> int:

@@ -253,3 +253,11 @@ def test_nested_rows_are_walked(tmp_path):
         ("top", r'up{instance=~"a\\.b"}'),
         ("nested", "rate(x[1m])"),
     ]
+
+
+def test_builtins_can_be_overridden():
+    assert substitute("rate(x[$__rate_interval])", {}, {"__rate_interval": "15s"}) == "rate(x[15s])"
+    assert substitute("rate(x[$__rate_interval])") == "rate(x[1m])"
+    queries = dashboard_queries(DASHBOARD, {}, builtins={"__rate_interval": "15s"})
+    assert any("[15s]" in expr for _, expr in queries)
+    assert not any("[1m]" in expr for _, expr in queries)

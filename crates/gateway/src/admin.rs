@@ -347,15 +347,18 @@ struct LogLevelRequest {
 }
 
 async fn put_log_level(body: Result<Json<LogLevelRequest>, JsonRejection>) -> Response {
-    let Ok(Json(request)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected {\"level\": \"<filter>\"}",
-        );
+    let request = match body {
+        Ok(Json(request)) if !request.level.trim().is_empty() => request,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected {\"level\": \"<filter>\"} with a non-empty filter",
+            )
+        }
     };
     match crate::telemetry::set_log_level(&request.level) {
         Ok(()) => {
-            tracing::info!(level = %request.level, "log level changed");
+            tracing::info!(filter = %request.level, "log level changed");
             Json(json!({ "level": request.level })).into_response()
         }
         Err(e @ crate::telemetry::LogLevelError::Invalid(_)) => {

@@ -711,6 +711,9 @@ impl Config {
         if self.node_id.is_empty() {
             return invalid("node_id", "must not be empty");
         }
+        if self.log.level.trim().is_empty() {
+            return invalid("log.level", "must not be empty (e.g. \"info\")");
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid {
                 option: "log.level",

@@ -15,17 +15,34 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::info;
 
-/// Fields whose values never appear in a debug trace.
+/// Fields whose values never appear in a debug trace (besides any field whose name
+/// contains `password` or `secret`).
 const REDACTED_KEYS: [&str; 8] = [
     "idTag",
     "parentIdTag",
     "idToken",
     "groupIdToken",
-    "password",
-    "basicAuthPassword",
+    "additionalIdToken",
     "authorizationKey",
     "certificate",
+    "key",
 ];
+
+/// Configuration names whose values are secrets (1.6 ChangeConfiguration `key`/`value`,
+/// 2.x SetVariables `variable.name`/`attributeValue`).
+const SECRET_SETTINGS: [&str; 3] = ["password", "authorizationkey", "secret"];
+
+fn is_secret_field(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    REDACTED_KEYS.contains(&key) || lower.contains("password") || lower.contains("secret")
+}
+
+fn names_a_secret(name: Option<&str>) -> bool {
+    name.is_some_and(|name| {
+        let lower = name.to_ascii_lowercase();
+        SECRET_SETTINGS.iter().any(|secret| lower.contains(secret))
+    })
+}
 
 /// Active debug traces by charge point id.
 #[derive(Default)]
@@ -46,18 +63,18 @@ impl DebugTraces {
         until
     }
 
-    /// Ends the trace of `charge_point_id`; `false` when there was none.
+    /// Ends the trace of `charge_point_id`; `false` when there was none (or it had
+    /// already run out).
     pub fn stop(&self, charge_point_id: &str) -> bool {
         let removed = self
             .until
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(charge_point_id)
-            .is_some();
-        if removed {
+            .remove(charge_point_id);
+        if removed.is_some() {
             self.active.fetch_sub(1, Ordering::Relaxed);
         }
-        removed
+        removed.is_some_and(|until| until > Utc::now())
     }
 
     /// Every active trace and its end.
@@ -108,10 +125,35 @@ pub fn redact(frame: &str) -> String {
 fn redact_value(value: &mut Value) {
     match value {
         Value::Object(map) => {
+            // A setting that holds a secret: its name may show, its value may not.
+            let config_pair =
+                matches!(map.get("key"), Some(Value::String(_))) && map.contains_key("value");
+            let setting_name = if config_pair {
+                map.get("key").and_then(Value::as_str)
+            } else {
+                map.get("variable")
+                    .and_then(|v| v.get("name"))
+                    .and_then(Value::as_str)
+            };
+            let secret_setting = names_a_secret(setting_name);
+            if secret_setting {
+                for field in ["value", "attributeValue"] {
+                    if let Some(secret) = map.get_mut(field) {
+                        *secret = Value::String("***".to_owned());
+                    }
+                }
+            }
             for (key, child) in map.iter_mut() {
-                if REDACTED_KEYS.contains(&key.as_str()) && !child.is_object() {
+                // The 1.6 configuration key is the setting's name: it stays readable.
+                if config_pair && (key == "key" || key == "value") {
+                    continue;
+                }
+                if secret_setting && key == "attributeValue" {
+                    continue;
+                }
+                if is_secret_field(key) && !child.is_object() {
                     *child = Value::String("***".to_owned());
-                } else if REDACTED_KEYS.contains(&key.as_str()) {
+                } else if is_secret_field(key) {
                     // 2.x idToken is an object: hide its token, keep its type.
                     if let Some(token) = child.get_mut("idToken") {
                         *token = Value::String("***".to_owned());
@@ -146,6 +188,46 @@ mod tests {
         );
         assert!(redacted.contains("ISO14443"));
         assert_eq!(redact("garbage"), "<not JSON, 7 bytes>");
+    }
+
+    #[test]
+    fn secret_settings_and_credentials_elsewhere_are_redacted() {
+        for (frame, secret) in [
+            (
+                r#"[2,"1","ChangeConfiguration",{"key":"AuthorizationKey","value":"S3CRET"}]"#,
+                "S3CRET",
+            ),
+            (
+                r#"[2,"1","SetVariables",{"setVariableData":[{"attributeValue":"S3CRET","component":{"name":"SecurityCtrlr"},"variable":{"name":"BasicAuthPassword"}}]}]"#,
+                "S3CRET",
+            ),
+            (
+                r#"[2,"1","Authorize",{"idToken":{"idToken":"T","type":"Central","additionalInfo":[{"additionalIdToken":"S3CRET","type":"x"}]}}]"#,
+                "S3CRET",
+            ),
+            (
+                r#"[2,"1","SetNetworkProfile",{"configurationSlot":1,"connectionData":{"apn":{"apn":"a","apnPassword":"S3CRET"},"vpn":{"server":"s","user":"u","password":"P4SS","key":"S3CRET","type":"IPSec"}}}]"#,
+                "S3CRET",
+            ),
+        ] {
+            let redacted = redact(frame);
+            assert!(
+                !redacted.contains(secret) && !redacted.contains("P4SS"),
+                "{redacted}"
+            );
+        }
+        let kept =
+            redact(r#"[2,"1","ChangeConfiguration",{"key":"HeartbeatInterval","value":"300"}]"#);
+        assert!(
+            kept.contains("HeartbeatInterval") && kept.contains("300"),
+            "{kept}"
+        );
+        let named =
+            redact(r#"[2,"1","ChangeConfiguration",{"key":"AuthorizationKey","value":"S3CRET"}]"#);
+        assert!(
+            named.contains("AuthorizationKey"),
+            "the setting's name stays readable: {named}"
+        );
     }
 
     #[test]

@@ -166,6 +166,7 @@ impl TestGateway {
         let response = self
             .http
             .get(format!("http://{address}/metrics"))
+            .header("accept", "application/openmetrics-text; version=1.0.0")
             .send()
             .await
             .unwrap();
