@@ -142,6 +142,16 @@ fn connection_json(handle: &SessionHandle) -> Value {
     })
 }
 
+/// The `limit` of a listing: 100 by default, at most `MAX_PAGE`.
+fn page_limit(limit: Option<usize>) -> Result<usize, String> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(format!("limit must be between 1 and {MAX_PAGE}"))
+    }
+}
+
 #[derive(Deserialize)]
 struct PageQuery {
     limit: Option<usize>,
@@ -155,13 +165,10 @@ async fn list_connections(
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "limit must be a whole number");
     };
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        );
-    }
+    let limit = match page_limit(query.limit) {
+        Ok(limit) => limit,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     // One extra tells whether another page follows.
     let mut page = shared.registry.page(query.after.as_deref(), limit + 1);
     let more = page.len() > limit;
@@ -313,13 +320,10 @@ async fn recent_events(
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "limit must be a whole number");
     };
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        );
-    }
+    let limit = match page_limit(query.limit) {
+        Ok(limit) => limit,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     // Serialised straight from the events (not through `Value`), so payloads keep the
     // exact text the charge point sent.
     #[derive(serde::Serialize)]

@@ -527,18 +527,14 @@ impl Metrics {
         action: &'static str,
         size: usize,
     ) {
-        self.messages_received
-            .get_or_create(&MessageLabels {
-                ocpp_version: version.subprotocol(),
-                message_type: message_type_label(message_type),
-                action,
-            })
-            .inc();
-        self.message_size
-            .get_or_create(&DirectionLabels {
-                direction: "inbound",
-            })
-            .observe(size as f64);
+        self.count_frame(
+            &self.messages_received,
+            "inbound",
+            version,
+            message_type,
+            action,
+            size,
+        );
     }
 
     /// Counts one frame sent.
@@ -549,7 +545,26 @@ impl Metrics {
         action: &'static str,
         size: usize,
     ) {
-        self.messages_sent
+        self.count_frame(
+            &self.messages_sent,
+            "outbound",
+            version,
+            message_type,
+            action,
+            size,
+        );
+    }
+
+    fn count_frame(
+        &self,
+        family: &Family<MessageLabels, Counter>,
+        direction: &'static str,
+        version: OcppVersion,
+        message_type: MessageType,
+        action: &'static str,
+        size: usize,
+    ) {
+        family
             .get_or_create(&MessageLabels {
                 ocpp_version: version.subprotocol(),
                 message_type: message_type_label(message_type),
@@ -557,9 +572,7 @@ impl Metrics {
             })
             .inc();
         self.message_size
-            .get_or_create(&DirectionLabels {
-                direction: "outbound",
-            })
+            .get_or_create(&DirectionLabels { direction })
             .observe(size as f64);
     }
 
