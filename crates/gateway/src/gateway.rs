@@ -407,6 +407,10 @@ async fn drain_sessions(shared: &Shared) {
         tokio::time::sleep_until(start + step * i as u32).await;
         handle.close(1001, "gateway_shutdown");
     }
+    // A handshake that was completing when the drain began registers after the snapshot.
+    for handle in shared.registry.all() {
+        handle.close(1001, "gateway_shutdown");
+    }
 }
 
 async fn accept_loop(

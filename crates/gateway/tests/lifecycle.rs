@@ -239,3 +239,52 @@ async fn api_token_guards_the_api_but_not_the_probes() {
     let right = client.get(&url).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(right.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let gw = TestGateway::start_with(|c| {
+        c.session.ping_interval = Duration::ZERO;
+        c.session.pong_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // A tiny receive buffer and a client that never reads: the gateway's answers pile up
+    // until its writes cannot complete.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.ocpp).await.unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            gw.url("STUCK-1"),
+        )
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "ocpp1.6".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    let (mut sink, _unread) = futures_util::StreamExt::split(ws);
+    let writer = tokio::spawn(async move {
+        let padding = "x".repeat(200);
+        for i in 0..100_000 {
+            let frame =
+                json!([2, i.to_string(), "DataTransfer", {"vendorId": padding}]).to_string();
+            if futures_util::SinkExt::send(&mut sink, Message::text(frame))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let closed = gw
+        .wait_for_event_within("STUCK-1", Duration::from_secs(60), |e| {
+            e["type"] == "chargepointgateway.connection.closed"
+        })
+        .await;
+    assert_eq!(closed["data"]["reason"], "connection_lost");
+    writer.abort();
+    // The gateway serves others meanwhile.
+    let mut other = gw.connect("OTHER-1", &["ocpp1.6"]).await;
+    assert_eq!(other.call("1", "Heartbeat", json!({})).await[0], 3);
+}

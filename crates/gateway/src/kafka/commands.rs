@@ -154,8 +154,11 @@ impl OffsetTracker {
 /// Runs the command consumer until `stop`, then waits for commands in progress.
 pub async fn run(shared: Arc<Shared>, bus: Arc<KafkaBus>, stop: CancellationToken) {
     let dedup = Arc::new(Mutex::new(Dedup::new(bus.config().command_dedup_window)));
+    // A metric label for the whole process lifetime (one small string, once).
+    let commands_topic: &'static str =
+        Box::leak(bus.config().topics.commands.clone().into_boxed_str());
     loop {
-        match run_once(&shared, &bus, &dedup, &stop).await {
+        match run_once(&shared, &bus, &dedup, &stop, commands_topic).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(error = %e, "command consumer not running; retrying");
@@ -173,6 +176,7 @@ async fn run_once(
     bus: &Arc<KafkaBus>,
     dedup: &Arc<Mutex<Dedup>>,
     stop: &CancellationToken,
+    commands_topic: &'static str,
 ) -> Result<(), String> {
     let config = bus.config();
     let mut client = client_config(config, &config.consumer);
@@ -195,8 +199,6 @@ async fn run_once(
         .map_err(|e| e.to_string())?;
     info!(topic = %config.topics.commands, group = %config.command_group, "command consumer subscribed");
     let limit = config.max_concurrent_commands;
-    // A metric label for the whole process lifetime (one small string per start).
-    let commands_topic: &'static str = Box::leak(config.topics.commands.clone().into_boxed_str());
     let slots = Arc::new(Semaphore::new(limit));
     let offsets = Arc::new(Mutex::new(OffsetTracker::default()));
     loop {
@@ -282,11 +284,9 @@ async fn run_once(
                     drop(slot);
                     return;
                 }
-                let position = offsets
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .finish(partition, offset);
-                if let Some(position) = position {
+                // Committed under the lock: two tasks must not commit out of order.
+                let mut tracker = offsets.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(position) = tracker.finish(partition, offset) {
                     let mut commit = TopicPartitionList::new();
                     if commit
                         .add_partition_offset(&topic, partition, Offset::Offset(position))
@@ -297,6 +297,7 @@ async fn run_once(
                         }
                     }
                 }
+                drop(tracker);
                 drop(slot);
             }
             .instrument(span),

@@ -68,7 +68,10 @@ type Key = (String, String);
 /// Routes reply records to the CALLs waiting for them.
 #[derive(Default)]
 pub struct ReplyRouter {
-    waiting: Mutex<HashMap<Key, oneshot::Sender<Reply>>>,
+    // Each wait has its own number, so that a wait that ends removes only itself (a
+    // reconnected charge point may repeat a message id while the old wait still exists).
+    waiting: Mutex<HashMap<Key, (u64, oneshot::Sender<Reply>)>>,
+    next_wait: std::sync::atomic::AtomicU64,
     // Replies produced before the consumer is positioned would be missed.
     assigned: std::sync::atomic::AtomicBool,
 }
@@ -77,6 +80,7 @@ pub struct ReplyRouter {
 pub struct ReplyWait {
     router: Arc<ReplyRouter>,
     key: Key,
+    number: u64,
     receiver: oneshot::Receiver<Reply>,
 }
 
@@ -92,11 +96,17 @@ impl ReplyWait {
 
 impl Drop for ReplyWait {
     fn drop(&mut self) {
-        self.router
+        let mut waiting = self
+            .router
             .waiting
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+            .unwrap_or_else(|e| e.into_inner());
+        if waiting
+            .get(&self.key)
+            .is_some_and(|(number, _)| *number == self.number)
+        {
+            waiting.remove(&self.key);
+        }
     }
 }
 
@@ -105,14 +115,18 @@ impl ReplyRouter {
     /// before publishing the CALL's event, so a fast reply cannot be missed.
     pub fn expect(self: &Arc<Self>, charge_point_id: &str, message_id: &str) -> ReplyWait {
         let key = (charge_point_id.to_owned(), message_id.to_owned());
+        let number = self
+            .next_wait
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), sender);
+            .insert(key.clone(), (number, sender));
         ReplyWait {
             router: self.clone(),
             key,
+            number,
             receiver,
         }
     }
@@ -148,7 +162,7 @@ impl ReplyRouter {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
-        Ok(waiter.is_some_and(|waiter| waiter.send(reply).is_ok()))
+        Ok(waiter.is_some_and(|(_, waiter)| waiter.send(reply).is_ok()))
     }
 
     /// Reads the replies topic until `stop`.
@@ -293,5 +307,15 @@ mod tests {
         assert!(router.waiting.lock().unwrap().is_empty());
         let wait = router.expect("CP", "m");
         assert_eq!(wait.wait(Duration::from_millis(10)).await, None);
+
+        // A repeated id: the older wait ending must not unregister the newer one.
+        let older = router.expect("CP", "again");
+        let newer = router.expect("CP", "again");
+        drop(older);
+        assert_eq!(
+            router.deliver(br#"{"chargePointId":"CP","messageId":"again","payload":{}}"#),
+            Ok(true)
+        );
+        assert!(newer.wait(Duration::from_secs(1)).await.is_some());
     }
 }

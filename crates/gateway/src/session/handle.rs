@@ -235,13 +235,14 @@ impl SessionHandle {
         mode: QueueMode,
     ) -> CallOutcome {
         let (reply, outcome) = oneshot::channel();
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         let call = Box::new(OutboundCall {
             action: action.to_owned(),
             payload,
             // A timeout beyond the clock's range waits as long as it can.
-            deadline: Instant::now()
-                .checked_add(timeout)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
+            deadline,
             reply,
         });
         match mode {
@@ -257,8 +258,11 @@ impl SessionHandle {
             },
         }
         // The session answers every call by its deadline; a dropped sender means the
-        // session ended first.
-        outcome.await.unwrap_or(CallOutcome::NotConnected)
+        // session ended first. The outer bound guards against a session that cannot act.
+        match tokio::time::timeout_at(deadline + Duration::from_secs(1), outcome).await {
+            Ok(outcome) => outcome.unwrap_or(CallOutcome::NotConnected),
+            Err(_) => CallOutcome::Timeout,
+        }
     }
 
     /// How many calls wait behind the one in flight.

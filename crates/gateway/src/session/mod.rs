@@ -399,7 +399,9 @@ where
                     if let Err(ended) = self.send_text(reply).await {
                         return Some(ended);
                     }
-                    return self.count_bad_message().await;
+                    // A retransmission while the first is processed (often under backpressure) is
+                    // answered but not held against the charge point.
+                    return None;
                 }
                 self.inbound_queue.push_back(InboundCall {
                     message_id,
@@ -749,14 +751,32 @@ where
         self.send(Message::text(text)).await
     }
 
+    /// Writes one message. A peer that does not take it within the write timeout (it
+    /// stopped reading) is gone: waiting longer would freeze the whole session.
     async fn send(&mut self, message: Message) -> Result<(), EndReason> {
-        self.ws.send(message).await.map_err(|e| {
-            debug!(error = %e, "write failed");
-            EndReason {
-                reason: "connection_lost",
-                close_code: None,
+        let lost = EndReason {
+            reason: "connection_lost",
+            close_code: None,
+        };
+        match tokio::time::timeout(self.write_timeout(), self.ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                debug!(error = %e, "write failed");
+                Err(lost)
             }
-        })
+            Err(_) => {
+                crate::warn_limited!("charge point stopped reading; connection dropped");
+                Err(lost)
+            }
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        self.shared
+            .config
+            .session
+            .pong_timeout
+            .max(Duration::from_secs(1))
     }
 
     /// Sends a close frame and waits briefly for the peer's.
@@ -765,7 +785,8 @@ where
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        if self.ws.close(Some(frame)).await.is_ok() {
+        let sent = tokio::time::timeout(self.write_timeout(), self.ws.close(Some(frame))).await;
+        if matches!(sent, Ok(Ok(()))) {
             let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
                 while let Some(Ok(_)) = self.ws.next().await {}
             })

@@ -208,7 +208,17 @@ impl TestGateway {
 
     /// Waits until `condition` holds for the events of `id` in the ring.
     pub async fn wait_for_event(&self, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + STEP;
+        self.wait_for_event_within(id, STEP, condition).await
+    }
+
+    /// Like [`TestGateway::wait_for_event`], with its own bound.
+    pub async fn wait_for_event_within(
+        &self,
+        id: &str,
+        within: Duration,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let (_, body) = self
                 .get(&format!("/api/v1/events?chargePointId={id}&limit=1000"))
