@@ -66,6 +66,10 @@ async fn known_series_start_at_zero() {
         r#"ocppgw_disconnects_total{reason="ping_timeout"}"#,
         r#"ocppgw_invalid_frames_total{kind="not_json"}"#,
         r#"ocppgw_connections{ocpp_version="ocpp2.0.1"}"#,
+        r#"ocppgw_messages_sent_total{ocpp_version="ocpp1.6",message_type="call",action="Reset"}"#,
+        r#"ocppgw_messages_sent_total{ocpp_version="ocpp2.1",message_type="callerror",action="Heartbeat"}"#,
+        r#"ocppgw_call_errors_total{direction="outbound",error_code="NotSupported"}"#,
+        r#"ocppgw_events_published_total{event_type="connection_closed",outcome="error"}"#,
     ] {
         assert_eq!(gw.sample(series).await, Some(0.0), "{series}");
     }

@@ -198,6 +198,22 @@ pub const INVALID_FRAME_KINDS: [&str; 10] = [
     "too_big",
 ];
 
+/// Every OCPP-J error code, for `call_errors_total{error_code}`.
+const ERROR_CODES: [ErrorCode; 12] = [
+    ErrorCode::NotImplemented,
+    ErrorCode::NotSupported,
+    ErrorCode::InternalError,
+    ErrorCode::ProtocolError,
+    ErrorCode::SecurityError,
+    ErrorCode::FormatViolation,
+    ErrorCode::PropertyConstraintViolation,
+    ErrorCode::OccurrenceConstraintViolation,
+    ErrorCode::TypeConstraintViolation,
+    ErrorCode::GenericError,
+    ErrorCode::RpcFrameworkError,
+    ErrorCode::MessageTypeNotSupported,
+];
+
 /// The `message_type` label of a frame type (lower case, as in the original system).
 pub fn message_type_label(message_type: MessageType) -> &'static str {
     match message_type {
@@ -480,6 +496,28 @@ impl Metrics {
                         action,
                     });
                 }
+                // What the gateway sends is the mirror image: answers to the charge
+                // point's CALLs, and its own CALLs.
+                let sent: &[MessageType] = if initiator.charge_point_may_send() {
+                    &[MessageType::CallResult, MessageType::CallError]
+                } else {
+                    &[MessageType::Call]
+                };
+                for message_type in sent {
+                    let _ = self.messages_sent.get_or_create(&MessageLabels {
+                        ocpp_version,
+                        message_type: message_type_label(*message_type),
+                        action,
+                    });
+                }
+            }
+        }
+        for direction in ["inbound", "outbound"] {
+            for code in ERROR_CODES {
+                let _ = self.call_errors.get_or_create(&CallErrorLabels {
+                    direction,
+                    error_code: code.as_str(OcppVersion::V201),
+                });
             }
         }
         for event_type in [
