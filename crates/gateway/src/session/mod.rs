@@ -242,7 +242,6 @@ where
                 _ = sleep_until(outbound_deadline.unwrap_or_else(Instant::now)), if outbound_deadline.is_some() => {
                     if let Some(pending) = self.outbound.take() {
                         warn!(message_id = %pending.message_id, action = %pending.action, "gateway CALL timed out");
-                        self.info.set_pending_call(None);
                         self.complete_outbound(pending, CallOutcome::Timeout);
                     }
                 }
@@ -584,6 +583,7 @@ where
 
     /// Hands a gateway CALL its outcome and records it.
     fn complete_outbound(&self, pending: PendingOutbound, outcome: CallOutcome) {
+        self.info.set_pending_call(None);
         let metrics = &self.shared.metrics;
         metrics.pending_calls.dec();
         let label = match &outcome {
@@ -642,7 +642,6 @@ where
             .as_ref()
             .is_some_and(|p| p.message_id == message_id)
         {
-            self.info.set_pending_call(None);
             self.outbound.take()
         } else {
             None
@@ -803,7 +802,6 @@ where
         if let Some(pending) = self.outbound.take() {
             self.complete_outbound(pending, CallOutcome::NotConnected);
         }
-        self.info.set_pending_call(None);
         self.end.calls.close();
         while let Ok(call) = self.end.calls.try_recv() {
             let _ = call.reply.send(CallOutcome::NotConnected);
