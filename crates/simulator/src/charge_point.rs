@@ -1,0 +1,642 @@
+//! One simulated charge point in a load: connects, boots, sends its scenario's messages at
+//! its rate, answers the central system, and reconnects with backoff when the link drops.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::{
+    sync::watch,
+    time::{sleep_until, Instant},
+};
+use tokio_tungstenite::tungstenite::{
+    protocol::{frame::coding::CloseCode, CloseFrame},
+    Message,
+};
+
+use crate::{
+    answers::{self, Answer, Configuration, FollowUp, Trigger},
+    behaviour::{Behaviour, Outgoing, Purpose, Rate, Scenario},
+    connect::{Connector, Socket},
+    frames::{self, Incoming},
+    payloads::{self, Identity},
+    stats::Stats,
+    version::Version,
+};
+
+/// Settings every charge point of a load shares.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The traffic.
+    pub scenario: Scenario,
+    /// Messages per second per charge point.
+    pub rate: Rate,
+    /// Heartbeat interval; `None` takes the one in the BootNotification answer, zero
+    /// sends none.
+    pub heartbeat_interval: Option<Duration>,
+    /// Connectors (EVSEs in 2.x) per charge point.
+    pub connectors: u32,
+    /// Meter readings per charging session.
+    pub meter_values_per_transaction: u32,
+    /// How long to wait for an answer.
+    pub call_timeout: Duration,
+    /// Reconnect backoff.
+    pub backoff: Backoff,
+    /// Count an echoed CALL as its answer (the bare echo baseline).
+    pub echo_baseline: bool,
+    /// Vendor, model, firmware.
+    pub identity: Identity,
+}
+
+/// Reconnect timing, after OCPP 2.x's `RetryBackOff*` variables: the n-th attempt in a row
+/// waits `min(minimum × 2^(n-1), maximum)` plus a random part of up to `jitter`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// `RetryBackOffWaitMinimum`.
+    pub minimum: Duration,
+    /// The longest wait before the random part.
+    pub maximum: Duration,
+    /// `RetryBackOffRandomRange`.
+    pub jitter: Duration,
+}
+
+impl Backoff {
+    /// The wait before attempt number `attempt` (1 = first retry).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let doubling = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        let base = self.minimum.saturating_mul(doubling).min(self.maximum);
+        base + self.jitter.mul_f64(fastrand::f64())
+    }
+}
+
+/// What the run asks of every charge point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Control {
+    /// Close and end.
+    pub stop: bool,
+    /// Incremented to drop every connection at once (a reconnect storm).
+    pub storm: u32,
+}
+
+/// Why a connection ended.
+enum End {
+    /// The run is over.
+    Stop,
+    /// A storm was ordered.
+    Storm,
+    /// A Reset asked for a reboot.
+    Reboot,
+    /// The central system closed, or the link failed; the label says how.
+    Lost(&'static str),
+}
+
+/// A charge point's identity in the load.
+pub struct ChargePoint {
+    /// Position in the fleet, from 0; picks the source address and stats shard.
+    pub index: usize,
+    /// Its id in the URL.
+    pub id: String,
+    /// Its OCPP version.
+    pub version: Version,
+}
+
+/// Runs one charge point until the run stops.
+pub async fn run(
+    charge_point: ChargePoint,
+    connector: Arc<Connector>,
+    profile: Arc<Profile>,
+    stats: Arc<Stats>,
+    mut control: watch::Receiver<Control>,
+) {
+    let ChargePoint { index, id, version } = charge_point;
+    let mut state = State {
+        index,
+        version,
+        profile: profile.clone(),
+        stats: stats.clone(),
+        configuration: Configuration::new(version, profile.connectors),
+        behaviour: Behaviour::new(
+            version,
+            profile.scenario,
+            profile.connectors,
+            profile.meter_values_per_transaction,
+            &id,
+            format!("TAG{index:08X}"),
+        ),
+        boots: 0,
+    };
+    let mut failures = 0u32;
+    let mut storms_seen = control.borrow().storm;
+    loop {
+        if control.borrow().stop {
+            return;
+        }
+        stats
+            .connect_attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let connected = tokio::select! {
+            connected = connector.connect(&id, version, index) => connected,
+            _ = stopped(&mut control) => return,
+        };
+        let delay = match connected {
+            Err(error) => {
+                stats.error(&error.kind());
+                failures += 1;
+                profile.backoff.delay(failures)
+            }
+            Ok(socket) => {
+                stats
+                    .connects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .connected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (end, booted) = state.session(socket, &mut control, &mut storms_seen).await;
+                stats
+                    .connected
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                if booted {
+                    stats
+                        .booted
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    failures = 0;
+                }
+                match end {
+                    End::Stop => return,
+                    // A storm and a reboot come back at once, spread by the random part only.
+                    End::Storm | End::Reboot => profile.backoff.jitter.mul_f64(fastrand::f64()),
+                    End::Lost(how) => {
+                        stats
+                            .disconnects
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats.error(how);
+                        failures += 1;
+                        profile.backoff.delay(failures)
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut control) => return,
+        }
+    }
+}
+
+/// Resolves once the run asks every charge point to stop.
+async fn stopped(control: &mut watch::Receiver<Control>) {
+    // A closed channel means the run is gone: stop too.
+    let _ = control.wait_for(|control| control.stop).await;
+}
+
+/// A CALL waiting for its answer.
+struct Pending {
+    id: String,
+    purpose: Purpose,
+    /// When it should have been sent: latency counts from here, so a charge point that
+    /// falls behind its schedule shows the delay (no coordinated omission).
+    intended: Instant,
+    deadline: Instant,
+}
+
+/// A CALL queued to go out before the scenario's next message.
+struct Queued {
+    message: Outgoing,
+    since: Instant,
+}
+
+struct State {
+    index: usize,
+    version: Version,
+    profile: Arc<Profile>,
+    stats: Arc<Stats>,
+    configuration: Configuration,
+    behaviour: Behaviour,
+    boots: u64,
+}
+
+impl State {
+    /// Runs one connection. Returns why it ended and whether it had booted.
+    async fn session(
+        &mut self,
+        mut socket: Socket,
+        control: &mut watch::Receiver<Control>,
+        storms_seen: &mut u32,
+    ) -> (End, bool) {
+        let mut link = Link {
+            next_id: 0,
+            pending: None,
+            queue: VecDeque::new(),
+            booted: false,
+            next_tick: None,
+            heartbeat_interval: None,
+            next_heartbeat: None,
+            retry_boot_at: None,
+        };
+        link.queue.push_back(Queued {
+            message: self.boot_message(),
+            since: Instant::now(),
+        });
+        let end = loop {
+            if let Err(how) = self.send_next(&mut socket, &mut link).await {
+                break End::Lost(how);
+            }
+            let wake = link.next_wake();
+            tokio::select! {
+                frame = socket.next() => {
+                    let text = match frame {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Close(_))) => break End::Lost("closed_by_server"),
+                        Some(Ok(Message::Binary(_))) => {
+                            self.stats.error("binary_frame");
+                            continue;
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) => break End::Lost("connection_error"),
+                        None => break End::Lost("connection_lost"),
+                    };
+                    match self.receive(&mut socket, &mut link, text.as_str()).await {
+                        Ok(None) => {}
+                        Ok(Some(end)) => break end,
+                        Err(how) => break End::Lost(how),
+                    }
+                }
+                _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                    self.on_timers(&mut link);
+                }
+                changed = control.changed() => {
+                    let now = *control.borrow_and_update();
+                    if changed.is_err() || now.stop {
+                        break End::Stop;
+                    }
+                    if now.storm != *storms_seen {
+                        *storms_seen = now.storm;
+                        break End::Storm;
+                    }
+                }
+            }
+        };
+        match end {
+            End::Stop | End::Reboot => {
+                let _ = socket
+                    .close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    }))
+                    .await;
+            }
+            // A storm is an abrupt loss: drop the socket without a closing handshake.
+            End::Storm | End::Lost(_) => {}
+        }
+        if matches!(end, End::Reboot) {
+            self.behaviour.reboot();
+        }
+        if link.pending.is_some() && !matches!(end, End::Stop) {
+            // The answer will never come; count it as a timeout of a kind.
+            self.stats.error("call_unanswered_at_disconnect");
+        }
+        (end, link.booted)
+    }
+
+    fn boot_message(&mut self) -> Outgoing {
+        self.boots += 1;
+        let reason = if self.boots == 1 {
+            "PowerUp"
+        } else {
+            "RemoteReset"
+        };
+        Outgoing {
+            action: "BootNotification",
+            payload: payloads::boot_notification(
+                self.version,
+                &self.profile.identity,
+                &format!("SN{:08}", self.index),
+                reason,
+            ),
+            purpose: Purpose::Boot,
+        }
+    }
+
+    /// Sends the next CALL when none is outstanding: queued ones first, then the scenario's
+    /// when its time has come.
+    async fn send_next(
+        &mut self,
+        socket: &mut Socket,
+        link: &mut Link,
+    ) -> Result<(), &'static str> {
+        if link.pending.is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let (message, intended) = if let Some(queued) = link.queue.pop_front() {
+            (queued.message, queued.since)
+        } else if link.booted && self.behaviour.sends_at_rate() {
+            match (self.profile.rate.interval(), link.next_tick) {
+                (None, _) => (self.behaviour.next(), now),
+                (Some(interval), Some(tick)) if tick <= now => {
+                    link.next_tick = Some(tick + interval);
+                    (self.behaviour.next(), tick)
+                }
+                _ => return Ok(()),
+            }
+        } else {
+            return Ok(());
+        };
+        link.next_id += 1;
+        let id = link.next_id.to_string();
+        let frame = frames::call(&id, message.action, &message.payload);
+        socket
+            .send(Message::text(frame))
+            .await
+            .map_err(|_| "send_failed")?;
+        self.stats
+            .calls_sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        link.pending = Some(Pending {
+            id,
+            purpose: message.purpose,
+            intended,
+            deadline: Instant::now() + self.profile.call_timeout,
+        });
+        Ok(())
+    }
+
+    /// Handles one text frame. Returns an end when the connection should close.
+    async fn receive(
+        &mut self,
+        socket: &mut Socket,
+        link: &mut Link,
+        text: &str,
+    ) -> Result<Option<End>, &'static str> {
+        let incoming = match frames::parse(text) {
+            Ok(incoming) => incoming,
+            Err(_) => {
+                self.stats.error("malformed_frame");
+                return Ok(None);
+            }
+        };
+        match incoming {
+            Incoming::Call { id, .. }
+                if self.profile.echo_baseline
+                    && link
+                        .pending
+                        .as_ref()
+                        .is_some_and(|pending| pending.id == id) =>
+            {
+                self.answered(link, None, true);
+                Ok(None)
+            }
+            Incoming::Result { id, payload } => {
+                if link
+                    .pending
+                    .as_ref()
+                    .is_some_and(|pending| pending.id == id)
+                {
+                    self.answered(link, Some(&payload), true);
+                } else {
+                    self.stats.error("unexpected_result");
+                }
+                Ok(None)
+            }
+            Incoming::Error { id, code, .. } => {
+                if link
+                    .pending
+                    .as_ref()
+                    .is_some_and(|pending| pending.id == id)
+                {
+                    self.stats
+                        .call_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.stats.error(&format!("call_error_{code}"));
+                    self.answered(link, None, false);
+                } else {
+                    self.stats.error("unexpected_call_error");
+                }
+                Ok(None)
+            }
+            Incoming::Call {
+                id,
+                action,
+                payload,
+            } => {
+                self.stats
+                    .server_calls
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (answer, follow_up) =
+                    answers::answer(self.version, &action, &payload, &mut self.configuration);
+                let frame = match answer {
+                    Answer::Result(payload) => frames::result(&id, &payload),
+                    Answer::Error(code, description) => frames::error(&id, code, &description),
+                };
+                socket
+                    .send(Message::text(frame))
+                    .await
+                    .map_err(|_| "send_failed")?;
+                Ok(self.follow_up(link, follow_up))
+            }
+        }
+    }
+
+    fn follow_up(&mut self, link: &mut Link, follow_up: Option<FollowUp>) -> Option<End> {
+        let now = Instant::now();
+        let message = match follow_up? {
+            FollowUp::Reboot => return Some(End::Reboot),
+            FollowUp::StartTransaction { id_tag } => {
+                self.behaviour.remote_start(id_tag);
+                return None;
+            }
+            FollowUp::StopTransaction => {
+                self.behaviour.remote_stop();
+                return None;
+            }
+            FollowUp::Send(Trigger::BootNotification) => self.boot_message(),
+            FollowUp::Send(Trigger::Heartbeat) => Outgoing {
+                action: "Heartbeat",
+                payload: payloads::heartbeat(),
+                purpose: Purpose::Plain,
+            },
+            FollowUp::Send(Trigger::StatusNotification) => {
+                for message in self.behaviour.after_boot() {
+                    link.queue.push_back(Queued {
+                        message,
+                        since: now,
+                    });
+                }
+                return None;
+            }
+            FollowUp::Send(Trigger::MeterValues) => self.behaviour.meter_values_now(),
+        };
+        link.queue.push_back(Queued {
+            message,
+            since: now,
+        });
+        None
+    }
+
+    /// Takes in the answer (or CALLERROR, `payload` None and `ok` false) to the pending CALL.
+    fn answered(&mut self, link: &mut Link, payload: Option<&Value>, ok: bool) {
+        let Some(pending) = link.pending.take() else {
+            return;
+        };
+        if ok {
+            self.stats
+                .calls_answered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .record_latency(self.index, pending.intended.elapsed());
+        }
+        if pending.purpose == Purpose::Boot {
+            self.on_boot_answer(link, payload);
+        } else {
+            self.behaviour
+                .answered(pending.purpose, payload.filter(|_| ok));
+        }
+    }
+
+    fn on_boot_answer(&mut self, link: &mut Link, payload: Option<&Value>) {
+        let (interval, status) = payload.map_or((None, None), payloads::boot_answer);
+        let now = Instant::now();
+        if status == Some("Accepted") || (self.profile.echo_baseline && payload.is_none()) {
+            if !link.booted {
+                link.booted = true;
+                self.stats
+                    .booted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            for message in self.behaviour.after_boot() {
+                link.queue.push_back(Queued {
+                    message,
+                    since: now,
+                });
+            }
+            let heartbeat = self
+                .profile
+                .heartbeat_interval
+                .or(interval.map(Duration::from_secs))
+                .filter(|interval| !interval.is_zero());
+            link.heartbeat_interval = heartbeat;
+            link.next_heartbeat = heartbeat.map(|interval| now + interval);
+            // Spread the first message over one interval so charge points that booted
+            // together do not send in lockstep.
+            link.next_tick = self
+                .profile
+                .rate
+                .interval()
+                .map(|interval| now + interval.mul_f64(fastrand::f64()));
+        } else {
+            // Pending, Rejected or an error: boot again after the interval (OCPP's rule),
+            // at least a second later.
+            let wait = Duration::from_secs(interval.unwrap_or(10).max(1));
+            link.retry_boot_at = Some(now + wait);
+        }
+    }
+
+    fn on_timers(&mut self, link: &mut Link) {
+        let now = Instant::now();
+        if link
+            .pending
+            .as_ref()
+            .is_some_and(|pending| pending.deadline <= now)
+        {
+            self.stats
+                .call_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.error("call_timeout");
+            let purpose = link.pending.as_ref().map(|pending| pending.purpose);
+            link.pending = None;
+            if purpose == Some(Purpose::Boot) {
+                self.on_boot_answer(link, None);
+            } else if let Some(purpose) = purpose {
+                self.behaviour.answered(purpose, None);
+            }
+        }
+        if link.retry_boot_at.is_some_and(|at| at <= now) {
+            link.retry_boot_at = None;
+            let message = self.boot_message();
+            link.queue.push_back(Queued {
+                message,
+                since: now,
+            });
+        }
+        if let (Some(at), Some(interval)) = (link.next_heartbeat, link.heartbeat_interval) {
+            if at <= now {
+                link.next_heartbeat = Some(now + interval);
+                // The scenario's own heartbeats make a separate one redundant.
+                if !matches!(self.profile.scenario, Scenario::Heartbeat)
+                    || self
+                        .profile
+                        .rate
+                        .interval()
+                        .is_none_or(|tick| tick > interval)
+                {
+                    link.queue.push_back(Queued {
+                        message: Outgoing {
+                            action: "Heartbeat",
+                            payload: payloads::heartbeat(),
+                            purpose: Purpose::Plain,
+                        },
+                        since: now,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One connection's state.
+struct Link {
+    next_id: u64,
+    pending: Option<Pending>,
+    queue: VecDeque<Queued>,
+    booted: bool,
+    next_tick: Option<Instant>,
+    heartbeat_interval: Option<Duration>,
+    next_heartbeat: Option<Instant>,
+    retry_boot_at: Option<Instant>,
+}
+
+impl Link {
+    /// The earliest timer that needs the task awake.
+    fn next_wake(&self) -> Option<Instant> {
+        let tick = if self.pending.is_none() && self.queue.is_empty() {
+            self.next_tick
+        } else {
+            None
+        };
+        [
+            self.pending.as_ref().map(|pending| pending.deadline),
+            tick,
+            self.next_heartbeat,
+            self.retry_boot_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_plus_jitter() {
+        let backoff = Backoff {
+            minimum: Duration::from_secs(1),
+            maximum: Duration::from_secs(8),
+            jitter: Duration::from_millis(500),
+        };
+        for (attempt, base) in [(1, 1), (2, 2), (3, 4), (4, 8), (9, 8), (60, 8)] {
+            let delay = backoff.delay(attempt);
+            assert!(
+                delay >= Duration::from_secs(base)
+                    && delay <= Duration::from_secs(base) + Duration::from_millis(500),
+                "attempt {attempt}: {delay:?}"
+            );
+        }
+    }
+}

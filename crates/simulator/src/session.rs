@@ -1,0 +1,369 @@
+//! One scripted charge point session for manual testing: every frame is printed.
+//!
+//! Without a script it boots, reports its connectors, and runs one whole charging
+//! session (authorize, start, meter values, stop). A script file replaces that with its
+//! own CALLs, one `["Action", {payload}]` per line. With `--stay` it then keeps the
+//! connection, sends heartbeats and answers the central system's commands until Ctrl-C; a
+//! remote start runs a charging session, a reset reconnects and boots again.
+
+use std::{io::Write, path::Path, time::Duration};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    answers::{self, Answer, Configuration, FollowUp, Trigger},
+    behaviour::{Behaviour, Outgoing, Scenario},
+    connect::{Connector, Socket},
+    frames::{self, Incoming},
+    payloads::{self, Identity},
+    version::Version,
+};
+
+/// What the session does.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// The charge point id.
+    pub id: String,
+    /// Its OCPP version.
+    pub version: Version,
+    /// CALLs to send instead of the built-in charging session.
+    pub script: Option<Vec<(String, Value)>>,
+    /// Keep the connection after the script, answering commands.
+    pub stay: bool,
+    /// How long to wait for each answer.
+    pub call_timeout: Duration,
+    /// Meter readings in the built-in charging session.
+    pub meter_values: u32,
+    /// Vendor, model, firmware.
+    pub identity: Identity,
+}
+
+/// What happened, for the exit status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionReport {
+    /// CALLs sent.
+    pub sent: u64,
+    /// CALLRESULTs received.
+    pub answered: u64,
+    /// CALLERRORs or timeouts.
+    pub failed: u64,
+}
+
+/// Reads a script: one `["Action", {payload}]` per line; blank lines and `#` comments skipped.
+pub fn read_script(path: &Path) -> anyhow::Result<Vec<(String, Value)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--script {}: cannot read", path.display()))?;
+    let mut calls = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let where_ = || format!("--script {} line {}", path.display(), number + 1);
+        let value: Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON", where_()))?;
+        match value {
+            Value::Array(items)
+                if items.len() == 2 && items[0].is_string() && items[1].is_object() =>
+            {
+                let action = items[0].as_str().unwrap_or_default().to_owned();
+                calls.push((action, items[1].clone()));
+            }
+            _ => anyhow::bail!("{}: expected [\"Action\", {{payload}}]", where_()),
+        }
+    }
+    Ok(calls)
+}
+
+/// Runs the session, printing every frame to `out`.
+pub async fn run(
+    connector: &Connector,
+    options: &SessionOptions,
+    out: &mut (impl Write + Send),
+) -> anyhow::Result<SessionReport> {
+    let mut session = Session {
+        options,
+        out,
+        report: SessionReport::default(),
+        next_id: 0,
+        configuration: Configuration::new(options.version, 1),
+        behaviour: Behaviour::new(
+            options.version,
+            Scenario::Charging,
+            1,
+            options.meter_values,
+            &options.id,
+            "SIMTAG01".into(),
+        ),
+        heartbeat: Duration::from_secs(300),
+    };
+    let mut socket = session.open(connector).await?;
+    session.boot(&mut socket).await?;
+    match &options.script {
+        Some(script) => {
+            for (action, payload) in script {
+                session.call(&mut socket, action, payload.clone()).await?;
+            }
+        }
+        None => session.charging_session(&mut socket).await?,
+    }
+    if options.stay {
+        session.stay(connector, socket).await?;
+    } else {
+        let _ = socket.close(None).await;
+    }
+    Ok(session.report)
+}
+
+struct Session<'a, W> {
+    options: &'a SessionOptions,
+    out: &'a mut W,
+    report: SessionReport,
+    next_id: u64,
+    configuration: Configuration,
+    behaviour: Behaviour,
+    heartbeat: Duration,
+}
+
+/// What a wait for an answer saw.
+enum Waited {
+    Answer(Option<Value>),
+    FollowUp(FollowUp),
+}
+
+impl<W: Write + Send> Session<'_, W> {
+    async fn open(&mut self, connector: &Connector) -> anyhow::Result<Socket> {
+        let url = connector.url_of(&self.options.id);
+        self.print(&format!(
+            "connecting to {url} as OCPP {}",
+            self.options.version
+        ));
+        let socket = connector
+            .connect(&self.options.id, self.options.version, 0)
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        self.print("connected");
+        Ok(socket)
+    }
+
+    async fn boot(&mut self, socket: &mut Socket) -> anyhow::Result<()> {
+        let payload = payloads::boot_notification(
+            self.options.version,
+            &self.options.identity,
+            "SN-SESSION",
+            "PowerUp",
+        );
+        let answer = self.call(socket, "BootNotification", payload).await?;
+        let (interval, status) = answer.as_ref().map_or((None, None), payloads::boot_answer);
+        if status != Some("Accepted") {
+            anyhow::bail!("BootNotification was not accepted (status {status:?})");
+        }
+        if let Some(interval) = interval.filter(|interval| *interval > 0) {
+            self.heartbeat = Duration::from_secs(interval);
+        }
+        for Outgoing {
+            action, payload, ..
+        } in self.behaviour.after_boot()
+        {
+            self.call(socket, action, payload).await?;
+        }
+        Ok(())
+    }
+
+    /// One whole charging session, from plugging in to unplugging.
+    async fn charging_session(&mut self, socket: &mut Socket) -> anyhow::Result<()> {
+        loop {
+            let message = self.behaviour.next();
+            let purpose = message.purpose;
+            let answer = self.call(socket, message.action, message.payload).await?;
+            self.behaviour.answered(purpose, answer.as_ref());
+            if self.behaviour.is_idle() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends a CALL and waits for its answer, answering the central system meanwhile.
+    async fn call(
+        &mut self,
+        socket: &mut Socket,
+        action: &str,
+        payload: Value,
+    ) -> anyhow::Result<Option<Value>> {
+        self.next_id += 1;
+        let id = self.next_id.to_string();
+        let frame = frames::call(&id, action, &payload);
+        self.print(&format!("> {frame}"));
+        socket
+            .send(Message::text(frame))
+            .await
+            .context("send failed")?;
+        self.report.sent += 1;
+        let deadline = Instant::now() + self.options.call_timeout;
+        let mut follow_ups = Vec::new();
+        let answer = loop {
+            match self.wait(socket, Some((&id, deadline))).await? {
+                Waited::Answer(answer) => break answer,
+                Waited::FollowUp(follow_up) => follow_ups.push(follow_up),
+            }
+        };
+        for follow_up in follow_ups {
+            self.print(&format!(
+                "(deferred until the answer to {action}: {follow_up:?})"
+            ));
+        }
+        Ok(answer)
+    }
+
+    /// Reads frames until the answer to `waiting` arrives (or its deadline passes), or, when
+    /// not waiting, until a command asks for something.
+    async fn wait(
+        &mut self,
+        socket: &mut Socket,
+        waiting: Option<(&str, Instant)>,
+    ) -> anyhow::Result<Waited> {
+        loop {
+            let deadline = waiting.map(|(_, at)| at);
+            let frame = tokio::select! {
+                frame = socket.next() => frame,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.report.failed += 1;
+                    self.print("! no answer in time");
+                    return Ok(Waited::Answer(None));
+                }
+            };
+            let text = match frame {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(close))) => {
+                    anyhow::bail!("the central system closed the connection: {close:?}")
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Err(error).context("connection failed"),
+                None => anyhow::bail!("the connection ended"),
+            };
+            self.print(&format!("< {text}"));
+            match frames::parse(&text) {
+                Err(error) => self.print(&format!("! {error}")),
+                Ok(Incoming::Result { id, payload }) => {
+                    if waiting.is_some_and(|(pending, _)| pending == id) {
+                        self.report.answered += 1;
+                        return Ok(Waited::Answer(Some(payload)));
+                    }
+                    self.print("! an answer to no pending CALL");
+                }
+                Ok(Incoming::Error {
+                    id,
+                    code,
+                    description,
+                }) => {
+                    if waiting.is_some_and(|(pending, _)| pending == id) {
+                        self.report.failed += 1;
+                        self.print(&format!("! CALLERROR {code}: {description}"));
+                        return Ok(Waited::Answer(None));
+                    }
+                    self.print("! an error for no pending CALL");
+                }
+                Ok(Incoming::Call {
+                    id,
+                    action,
+                    payload,
+                }) => {
+                    let (answer, follow_up) = answers::answer(
+                        self.options.version,
+                        &action,
+                        &payload,
+                        &mut self.configuration,
+                    );
+                    let frame = match answer {
+                        Answer::Result(payload) => frames::result(&id, &payload),
+                        Answer::Error(code, description) => frames::error(&id, code, &description),
+                    };
+                    self.print(&format!("> {frame}"));
+                    socket
+                        .send(Message::text(frame))
+                        .await
+                        .context("send failed")?;
+                    if let Some(follow_up) = follow_up {
+                        return Ok(Waited::FollowUp(follow_up));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps the connection until Ctrl-C: heartbeats, answers, and what commands ask for.
+    async fn stay(&mut self, connector: &Connector, mut socket: Socket) -> anyhow::Result<()> {
+        self.print(&format!(
+            "staying connected (heartbeat every {} s); Ctrl-C ends",
+            self.heartbeat.as_secs()
+        ));
+        let mut next_heartbeat = Instant::now() + self.heartbeat;
+        loop {
+            let waited = tokio::select! {
+                waited = self.wait(&mut socket, None) => waited?,
+                _ = tokio::time::sleep_until(next_heartbeat) => {
+                    next_heartbeat = Instant::now() + self.heartbeat;
+                    self.call(&mut socket, "Heartbeat", payloads::heartbeat()).await?;
+                    continue;
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    let _ = socket.close(None).await;
+                    return Ok(());
+                }
+            };
+            let Waited::FollowUp(follow_up) = waited else {
+                continue;
+            };
+            match follow_up {
+                FollowUp::StartTransaction { id_tag } => {
+                    self.behaviour.remote_start(id_tag);
+                    self.charging_session(&mut socket).await?;
+                }
+                // The built-in session has already stopped; nothing runs between commands.
+                FollowUp::StopTransaction => self.behaviour.remote_stop(),
+                FollowUp::Reboot => {
+                    self.print("reset: rebooting");
+                    let _ = socket.close(None).await;
+                    self.behaviour.reboot();
+                    socket = self.open(connector).await?;
+                    self.boot(&mut socket).await?;
+                }
+                FollowUp::Send(trigger) => {
+                    let (action, payload) = match trigger {
+                        Trigger::BootNotification => (
+                            "BootNotification",
+                            payloads::boot_notification(
+                                self.options.version,
+                                &self.options.identity,
+                                "SN-SESSION",
+                                "Triggered",
+                            ),
+                        ),
+                        Trigger::Heartbeat => ("Heartbeat", payloads::heartbeat()),
+                        Trigger::StatusNotification => {
+                            for message in self.behaviour.after_boot() {
+                                self.call(&mut socket, message.action, message.payload)
+                                    .await?;
+                            }
+                            continue;
+                        }
+                        Trigger::MeterValues => {
+                            let message = self.behaviour.meter_values_now();
+                            (message.action, message.payload)
+                        }
+                    };
+                    self.call(&mut socket, action, payload).await?;
+                }
+            }
+        }
+    }
+
+    fn print(&mut self, line: &str) {
+        let _ = writeln!(self.out, "{line}");
+        let _ = self.out.flush();
+    }
+}
