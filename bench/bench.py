@@ -1,0 +1,612 @@
+#!/usr/bin/env python3
+"""The gateway's benchmark, side by side with other OCPP servers.
+
+Run through `bench/run.sh`, which builds and installs what this needs. Every server runs
+on CPU 1 and the load generator on CPU 0 (when the machine has two or more), so every
+server gets the same single core and the load generator never competes with it. The
+figures that matter are the ratios between servers measured in this one run; absolute
+numbers depend on the machine.
+
+Scenarios:
+- capacity: the gateway with many idle charge points (memory per connection, CPU while
+  idle with WebSocket pings, time to connect them all);
+- reconnect storm: all of them dropped at once, time until all have booted again;
+- side by side: for the gateway (embedded events), the gateway with Kafka durable events,
+  an ocpp-rpc server, a Python `ocpp` server and a bare echo server: memory per idle
+  connection, the highest sustained CALL rate (closed loop), and latency at half of it.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(message):
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Settings:
+    """Sizes of the run; --quick shrinks them for a smoke test."""
+
+    def __init__(self, quick):
+        self.quick = quick
+        self.capacity_connections = 500 if quick else 19_000
+        self.idle_connections = 300 if quick else 5_000
+        self.load_connections = 100 if quick else 1_000
+        self.ramp_rate = 2_000 if quick else 5_000
+        self.warmup = "1s" if quick else "3s"
+        self.duration = "2s" if quick else "10s"
+        self.idle_window = 3 if quick else 30
+        self.ping_interval = "1s" if quick else "10s"
+        # Ten source addresses give ten ephemeral port ranges: room for every connection
+        # and for the reconnect storm's new ones while old ones sit in TIME_WAIT.
+        self.sources = "127.0.0.2-127.0.0.11"
+
+
+class Pinning:
+    """Which CPU the servers and the load generator run on."""
+
+    def __init__(self):
+        cpus = os.cpu_count() or 1
+        self.enabled = cpus >= 2 and shutil_which("taskset")
+        self.server = ["taskset", "-c", "1"] if self.enabled else []
+        self.load = ["taskset", "-c", "0"] if self.enabled else []
+
+
+def shutil_which(name):
+    from shutil import which
+
+    return which(name) is not None
+
+
+class Process:
+    """A server under test: started, waited for, measured, stopped."""
+
+    def __init__(self, name, command, env=None, cwd=None):
+        self.name = name
+        self.command = command
+        log(f"starting {name}: {shlex.join(command)}")
+        self.proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines = []
+        self.listening = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if len(self.lines) < 100:
+                self.lines.append(line.rstrip())
+            if line.startswith("listening on"):
+                self.listening.set()
+
+    def wait_listening(self, timeout=60):
+        if not self.listening.wait(timeout):
+            raise RuntimeError(f"{self.name} did not start: {self.lines[-5:]}")
+
+    def wait_http(self, url, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready at {url} within {timeout} s")
+
+    def rss_kb(self):
+        with open(f"/proc/{self.proc.pid}/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_KB
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.settings = Settings(args.quick)
+        self.pinning = Pinning()
+        self.bin = Path(args.bin_dir)
+        self.commands = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="cpgw-bench-"))
+
+    # --- servers -------------------------------------------------------------------
+
+    def gateway(self, kafka_brokers=None, extra_env=None):
+        port, admin, metrics = free_port(), free_port(), free_port()
+        env = {
+            "CPGW_SESSION__PING_INTERVAL": self.settings.ping_interval,
+            "CPGW_LOG__LEVEL": "warn",
+            **(extra_env or {}),
+        }
+        command = self.pinning.server + [
+            str(self.bin / "charge-point-gateway"),
+            "--listen", f"127.0.0.1:{port}",
+            "--admin-listen", f"127.0.0.1:{admin}",
+            "--metrics-listen", f"127.0.0.1:{metrics}",
+        ]
+        if kafka_brokers:
+            env["CPGW_KAFKA__BROKERS"] = kafka_brokers
+            env["CPGW_KAFKA__TOPIC_REPLICATION"] = "1"
+            name = "gateway (Kafka)"
+        else:
+            command += ["--events", "file", "--events-file", str(self.workdir / "events.jsonl")]
+            name = "gateway"
+        server = Process(name, command, env=env)
+        server.wait_http(f"http://127.0.0.1:{admin}/readyz")
+        server.url = f"ws://127.0.0.1:{port}/ocpp"
+        server.env_note = " ".join(f"{k}={v}" for k, v in env.items())
+        return server
+
+    def echo(self):
+        port = free_port()
+        server = Process(
+            "echo",
+            self.pinning.server + [str(self.bin / "bench-echo-server"), "--listen", f"127.0.0.1:{port}"],
+        )
+        server.wait_listening()
+        server.url = f"ws://127.0.0.1:{port}/ocpp"
+        # The echo server sends every CALL back: count that as its answer.
+        server.simulator_flags = ["--echo-baseline"]
+        return server
+
+    def ocpp_rpc(self):
+        port = free_port()
+        folder = ROOT / "bench/peers/ocpp-rpc"
+        server = Process(
+            "ocpp-rpc",
+            self.pinning.server + ["node", "server.js", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=folder,
+        )
+        server.wait_listening()
+        server.url = f"ws://127.0.0.1:{port}/ocpp"
+        return server
+
+    def python_ocpp(self):
+        port = free_port()
+        folder = ROOT / "bench/peers/python"
+        server = Process(
+            "python ocpp",
+            self.pinning.server
+            + [os.path.abspath(self.args.python), "server.py", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=folder,
+        )
+        server.wait_listening()
+        server.url = f"ws://127.0.0.1:{port}/ocpp"
+        return server
+
+    def tansu(self):
+        port = free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        command = [
+            self.args.tansu, "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+        log(f"starting tansu: {shlex.join(command)}")
+        proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return proc, f"127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("tansu did not start")
+
+    # --- the load generator -------------------------------------------------------
+
+    def simulate(self, server, label, options, on_measuring=None):
+        """Runs the simulator against `server`; returns its JSON summary.
+
+        `on_measuring` runs (in this thread) once the measurement window has opened,
+        while the load goes on: that is when memory and CPU are sampled.
+        """
+        command = self.pinning.load + [
+            str(self.bin / "charge-point-simulator"), "load",
+            "--url", server.url,
+            "--source-addresses", self.settings.sources,
+            "--format", "json",
+            *getattr(server, "simulator_flags", []),
+            *options,
+        ]
+        self.commands.append((label, server, command))
+        log(f"{label}: {shlex.join(command)}")
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        measured = None
+        tail = []
+        for line in proc.stderr:
+            tail = (tail + [line.rstrip()])[-5:]
+            if self.args.verbose:
+                print("  " + line.rstrip(), file=sys.stderr)
+            if measured is None and "measuring]" in line and on_measuring:
+                measured = on_measuring()
+        out = proc.stdout.read()
+        if proc.wait() != 0:
+            raise RuntimeError(f"{label}: simulator failed: {tail}")
+        summary = json.loads(out)
+        summary["measured"] = measured
+        log(
+            f"{label}: {summary['window']['answered_per_s']:.0f} answered/s, "
+            f"p99 {summary['latency_ms']['p99']:.2f} ms, error ratio {summary['window']['error_ratio']:.5f}"
+        )
+        return summary
+
+    # --- scenarios ----------------------------------------------------------------
+
+    def idle_memory(self, server, connections, label, sample_cpu_for=0):
+        """Memory per idle connection: RSS growth over `connections` idle charge points."""
+        time.sleep(1)
+        baseline = server.rss_kb()
+
+        def sample():
+            time.sleep(2)  # let the last boots' allocations settle
+            rss = [server.rss_kb()]
+            cpu = None
+            if sample_cpu_for:
+                cpu_start, wall_start = server.cpu_seconds(), time.monotonic()
+                time.sleep(sample_cpu_for)
+                cpu = (server.cpu_seconds() - cpu_start) / (time.monotonic() - wall_start)
+            rss.append(server.rss_kb())
+            return {"rss_kb": max(rss), "cpu_share": cpu}
+
+        duration = f"{int(2 + sample_cpu_for + 3)}s"
+        summary = self.simulate(
+            server,
+            label,
+            [
+                "-n", str(connections),
+                "--versions", "1.6=50,2.0.1=50",
+                "--scenario", "idle",
+                "--ramp-rate", str(self.settings.ramp_rate),
+                "--duration", duration,
+                "--progress", "1s",
+            ],
+            on_measuring=sample,
+        )
+        measured = summary["measured"] or {"rss_kb": server.rss_kb(), "cpu_share": None}
+        per_connection = (measured["rss_kb"] - baseline) * 1024 / connections
+        return {
+            "connections": connections,
+            "baseline_kb": baseline,
+            "rss_kb": measured["rss_kb"],
+            "bytes_per_connection": per_connection,
+            "cpu_share": measured["cpu_share"],
+            "all_booted_after_s": summary["all_booted_after_s"],
+            "errors": summary["errors"],
+            "summary": summary,
+        }
+
+    def max_rate(self, server, label):
+        """The highest sustained rate: every charge point sends its next CALL as soon as the
+        previous one is answered."""
+        summary = self.simulate(
+            server,
+            label,
+            [
+                "-n", str(self.settings.load_connections),
+                "--versions", "1.6=50,2.0.1=50",
+                "--scenario", "telemetry",
+                "--rate", "max",
+                "--ramp-rate", str(self.settings.ramp_rate),
+                "--warmup", self.settings.warmup,
+                "--duration", self.settings.duration,
+            ],
+        )
+        return summary
+
+    def latency_at(self, server, label, total_rate):
+        per_charge_point = total_rate / self.settings.load_connections
+        return self.simulate(
+            server,
+            label,
+            [
+                "-n", str(self.settings.load_connections),
+                "--versions", "1.6=50,2.0.1=50",
+                "--scenario", "telemetry",
+                "--rate", f"{per_charge_point:.4f}",
+                "--ramp-rate", str(self.settings.ramp_rate),
+                "--warmup", self.settings.warmup,
+                "--duration", self.settings.duration,
+            ],
+        )
+
+    def storm(self, server, connections):
+        return self.simulate(
+            server,
+            "reconnect storm",
+            [
+                "-n", str(connections),
+                "--versions", "1.6=50,2.0.1=30,2.1=20",
+                "--scenario", "idle",
+                "--ramp-rate", str(self.settings.ramp_rate),
+                "--duration", "30s" if not self.settings.quick else "6s",
+                "--storm-after", "2s",
+                "--reconnect-min", "0s",
+                "--reconnect-jitter", "1s",
+            ],
+        )
+
+    def side_by_side(self, name, start):
+        """Memory per idle connection, highest rate, latency at half of it, for one server."""
+        result = {"name": name}
+        server = start()
+        try:
+            result["memory"] = self.idle_memory(
+                server, self.settings.idle_connections, f"{name}: idle memory"
+            )
+        finally:
+            server.stop()
+        server = start()
+        try:
+            result["max"] = self.max_rate(server, f"{name}: highest rate")
+            half = result["max"]["window"]["answered_per_s"] / 2
+            result["half"] = self.latency_at(server, f"{name}: latency at half rate", half)
+            result["command"] = server.command
+        finally:
+            server.stop()
+        return result
+
+    def run(self):
+        started = time.monotonic()
+        results = {"settings": vars(self.settings), "pinned": bool(self.pinning.enabled)}
+
+        # Capacity and storm: the gateway alone, at the machine's connection limit.
+        gateway = self.gateway()
+        try:
+            results["capacity"] = self.idle_memory(
+                gateway,
+                self.settings.capacity_connections,
+                "capacity",
+                sample_cpu_for=self.settings.idle_window,
+            )
+        finally:
+            gateway.stop()
+        gateway = self.gateway()
+        try:
+            results["storm"] = self.storm(gateway, self.settings.capacity_connections)
+        finally:
+            gateway.stop()
+
+        peers = [
+            ("gateway", self.gateway),
+            ("echo", self.echo),
+            ("ocpp-rpc", self.ocpp_rpc),
+            ("python ocpp", self.python_ocpp),
+        ]
+        results["servers"] = [self.side_by_side(name, start) for name, start in peers]
+
+        broker, brokers = self.tansu()
+        try:
+            results["kafka"] = self.side_by_side("gateway (Kafka)", lambda: self.gateway(brokers))
+        finally:
+            os.killpg(broker.pid, signal.SIGTERM)
+            broker.wait()
+
+        results["elapsed_s"] = time.monotonic() - started
+        return results
+
+
+# --- the report -----------------------------------------------------------------------
+
+
+def machine():
+    def read(command):
+        try:
+            return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    model = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return [
+        ("CPU", f"{os.cpu_count()} × {model}"),
+        ("memory", f"{memory_gib:.0f} GiB"),
+        ("kernel", platform.release()),
+        ("open files per process", read(["sh", "-c", "ulimit -n"])),
+        ("rustc", read(["rustc", "--version"])),
+        ("node", read(["node", "--version"])),
+        ("python", platform.python_version()),
+    ]
+
+
+def ratio(ours, theirs):
+    if not theirs:
+        return "n/a"
+    return f"{ours / theirs:.2f}×"
+
+
+def kib(value):
+    return f"{value / 1024:.1f} KiB"
+
+
+def report(results, bench, quick):
+    by_name = {server["name"]: server for server in results["servers"]}
+    ours = by_name["gateway"]
+    kafka = results["kafka"]
+    capacity = results["capacity"]
+    storm = results["storm"]
+    lines = []
+    add = lines.append
+    add("# Benchmarks")
+    add("")
+    add("Produced by `bench/run.sh`" + (" --quick (a smoke run: small sizes, not the figures of record)" if quick else "") + f" on {time.strftime('%Y-%m-%d')}; it took {results['elapsed_s'] / 60:.1f} minutes.")
+    add("Every number below comes from that one run. Servers ran on CPU 1 and the load generator")
+    add("(`charge-point-simulator`) on CPU 0" + ("" if results["pinned"] else " (not pinned: fewer than two CPUs)") + ", so each server had one core.")
+    add("Compare ratios, not absolute numbers: this machine is shared and noisy.")
+    add("")
+    add("## Machine")
+    add("")
+    add("| | |")
+    add("|---|---|")
+    for key, value in machine():
+        add(f"| {key} | {value} |")
+    add("")
+
+    add("## Goals")
+    add("")
+    add("| goal | measured | met |")
+    add("|---|---|---|")
+    mem = capacity["bytes_per_connection"]
+    add(f"| memory per idle connection ≤ 8 KiB | {kib(mem)} at {capacity['connections']} connections | {'yes' if mem <= 8192 else 'no'} |")
+    echo = by_name["echo"]
+    share = ours["max"]["window"]["answered_per_s"] / max(echo["max"]["window"]["answered_per_s"], 1)
+    add(f"| throughput ≥ 80% of the bare echo server (embedded) | {share * 100:.0f}% | {'yes' if share >= 0.8 else 'no'} |")
+    for peer, goal in (("ocpp-rpc", 10), ("python ocpp", 30)):
+        r = ours["max"]["window"]["answered_per_s"] / max(by_name[peer]["max"]["window"]["answered_per_s"], 1)
+        lower = ours["memory"]["bytes_per_connection"] < by_name[peer]["memory"]["bytes_per_connection"]
+        add(f"| throughput ≥ {goal}× {peer}, with less memory per connection | {r:.1f}×, memory {'lower' if lower else 'not lower'} | {'yes' if r >= goal and lower else 'no'} |")
+    p99 = ours["half"]["latency_ms"]["p99"]
+    add(f"| p99 < 5 ms at 50% of the highest rate (embedded) | {p99:.2f} ms | {'yes' if p99 < 5 else 'no'} |")
+    add("")
+
+    add("## Capacity: the gateway with idle charge points")
+    add("")
+    add("| connections | memory per connection (RSS growth / connections) | CPU while idle, pings every " + bench.settings.ping_interval + " | time to connect and boot all | errors |")
+    add("|---|---|---|---|---|")
+    cpu = capacity["cpu_share"]
+    add(
+        f"| {capacity['connections']} | {kib(mem)} | {cpu * 100:.1f}% of one core | "
+        f"{capacity['all_booted_after_s'] or float('nan'):.2f} s (ramp {bench.settings.ramp_rate}/s) | {sum(capacity['errors'].values())} |"
+        if cpu is not None
+        else f"| {capacity['connections']} | {kib(mem)} | n/a | n/a | n/a |"
+    )
+    add("")
+    add("## Reconnect storm")
+    add("")
+    s = storm["storm"] or {}
+    recovered = s.get("recovered_after_s")
+    add("| connections dropped at once | time until every charge point booted again | errors seen |")
+    add("|---|---|---|")
+    errors = ", ".join(f"{k}: {v}" for k, v in (s.get("errors") or {}).items()) or "none"
+    add(f"| {s.get('dropped', 0)} | {'%.2f s' % recovered if recovered is not None else 'not within the window'} (reconnect delay random in 0–1 s) | {errors} |")
+    add("")
+
+    add("## Throughput and latency, side by side")
+    add("")
+    add(f"{bench.settings.load_connections} charge points (half 1.6, half 2.0.1) send Heartbeat, StatusNotification and MeterValues in turn.")
+    add("*Highest rate*: each sends its next CALL as soon as the previous one is answered (closed loop); the rate counts answered CALLs.")
+    add("*Latency*: CALL→CALLRESULT at half of that server's highest rate, sent on a fixed schedule and measured from the scheduled time.")
+    add(f"*Memory*: RSS growth per idle connection with {bench.settings.idle_connections} connections.")
+    add("")
+    add("| server | highest rate (CALL/s) | error ratio | p50 | p99 | p99.9 | memory per connection |")
+    add("|---|---|---|---|---|---|---|")
+    for server in results["servers"] + [kafka]:
+        m, h = server["max"], server["half"]["latency_ms"]
+        add(
+            f"| {server['name']} | {m['window']['answered_per_s']:.0f} | {m['window']['error_ratio'] * 100:.3f}% | "
+            f"{h['p50']:.2f} ms | {h['p99']:.2f} ms | {h['p99.9']:.2f} ms | {kib(server['memory']['bytes_per_connection'])} |"
+        )
+    add("")
+    add("Ratios, the gateway (embedded events) against each:")
+    add("")
+    add("| against | throughput | memory per connection (lower is better) | p99 at half rate (lower is better) |")
+    add("|---|---|---|---|")
+    for server in results["servers"][1:] + [kafka]:
+        add(
+            f"| {server['name']} | {ratio(ours['max']['window']['answered_per_s'], server['max']['window']['answered_per_s'])} | "
+            f"{ratio(ours['memory']['bytes_per_connection'], server['memory']['bytes_per_connection'])} | "
+            f"{ratio(ours['half']['latency_ms']['p99'], server['half']['latency_ms']['p99'])} |"
+        )
+    add("")
+    add("The gateway validates every message against the OCA schemas and writes every event (to a JSON-lines")
+    add("file in embedded mode, to Kafka with `acks=all` before answering durable actions in Kafka mode); ocpp-rpc")
+    add("(strict mode) and Python `ocpp` validate too but write nothing; the echo server only reads and writes")
+    add("frames. Kafka mode waits for the broker (tansu, in memory, on the same machine and not pinned) and")
+    add("librdkafka's default `linger.ms` of 5 ms.")
+    add("")
+    add("## Commands")
+    add("")
+    add("Reproduce everything with `bench/run.sh` (`--quick` for a smoke run). It ran:")
+    add("")
+    add("```sh")
+    seen = set()
+    for label, server, command in bench.commands:
+        server_command = shlex.join(server.command)
+        env = getattr(server, "env_note", "")
+        key = (label.split(":")[0], server_command)
+        if key not in seen:
+            seen.add(key)
+            add(f"# {server.name}")
+            add(f"{env + ' ' if env else ''}{server_command}")
+        add(f"# {label}")
+        add(shlex.join(command))
+    add("```")
+    add("")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the whole benchmark")
+    parser.add_argument("--bin-dir", default=str(ROOT / "target/release"))
+    parser.add_argument("--python", default=sys.executable, help="Python with the peer server's packages")
+    parser.add_argument("--tansu", default="tansu")
+    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--verbose", action="store_true", help="show the load generator's progress")
+    args = parser.parse_args()
+    bench = Bench(args)
+    results = bench.run()
+    text = report(results, bench, args.quick)
+    Path(args.output).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

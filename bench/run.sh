@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Reproduces BENCHMARKS.md: builds the gateway, the simulator and the echo server, installs
+# the peer servers (npm ocpp-rpc, Python ocpp) and the Kafka-protocol broker (tansu), then
+# runs bench/bench.py, which prints the report and writes it to BENCHMARKS.md.
+#
+#   bench/run.sh                 the full run (about 15 minutes on 2 cores, after building)
+#   bench/run.sh --quick         a smoke run with small sizes, written to target/bench-quick.md
+#   bench/run.sh --quick --debug the same with debug builds (what the test suite runs)
+#
+# Other arguments go to bench/bench.py (see bench/bench.py --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+profile=release
+quick=false
+pass=()
+for arg in "$@"; do
+  case "$arg" in
+    --debug) profile=debug ;;
+    --quick) quick=true; pass+=("$arg") ;;
+    *) pass+=("$arg") ;;
+  esac
+done
+if $quick && [[ " ${pass[*]} " != *" --output "* ]]; then
+  pass+=(--output target/bench-quick.md)
+fi
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "building the gateway, the simulator and the echo server ($profile)"
+cargo_flags=()
+[[ $profile == release ]] && cargo_flags+=(--release)
+cargo build "${cargo_flags[@]}" -p charge-point-gateway -p charge-point-simulator -p bench-echo-server
+
+step "the Kafka-protocol broker (tansu)"
+if ! command -v tansu >/dev/null; then
+  cargo install tansu --version 0.6.0 --features dynostore --locked
+fi
+
+step "the ocpp-rpc peer server (npm)"
+peer_js=bench/peers/ocpp-rpc
+if ! cmp -s "$peer_js/package-lock.json" "$peer_js/node_modules/.bench-installed" 2>/dev/null; then
+  (cd "$peer_js" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$peer_js/package-lock.json" "$peer_js/node_modules/.bench-installed"
+fi
+
+step "the Python ocpp peer server (venv)"
+venv=bench/.venv
+requirements=bench/peers/python/requirements.txt
+if ! cmp -s "$requirements" "$venv/.requirements" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/.requirements"
+fi
+
+step "running the benchmark"
+exec python3 bench/bench.py --bin-dir "target/$profile" --python "$venv/bin/python" "${pass[@]}"
