@@ -22,7 +22,7 @@ for arg in "$@"; do
     *) pass+=("$arg") ;;
   esac
 done
-if $quick && [[ " ${pass[*]} " != *" --output "* ]]; then
+if $quick && [[ " ${pass[*]} " != *" --output"* ]]; then
   pass+=(--output target/bench-quick.md)
 fi
 
@@ -33,8 +33,8 @@ cargo_flags=()
 [[ $profile == release ]] && cargo_flags+=(--release)
 cargo build "${cargo_flags[@]}" -p charge-point-gateway -p charge-point-simulator -p bench-echo-server
 
-step "the Kafka-protocol broker (tansu)"
-if ! command -v tansu >/dev/null; then
+step "the Kafka-protocol broker (tansu 0.6.0)"
+if ! tansu --version 2>/dev/null | grep -q "0\.6\.0"; then
   cargo install tansu --version 0.6.0 --features dynostore --locked
 fi
 

@@ -2,10 +2,12 @@
 # The one test command: Rust unit and integration tests (the Kafka ones against a real
 # tansu broker process), the checks of the Prometheus rules and Grafana dashboard, then the
 # Python tests against the real binary: the interop tests, and the observability tests
-# (one of which runs the gateway with tansu and a real Prometheus server). Works from any
-# directory. Needs cargo and python3 (3.11) with pip; everything else is installed here:
-# tansu with `cargo install` (once per machine), Debian's prometheus package (promtool and
-# the server) by scripts/check-deploy.sh, the Python packages into .venv.
+# (one of which runs the gateway with tansu and a real Prometheus server), and a smoke run
+# of the benchmark against every peer server. Works from any directory. Needs cargo,
+# python3 (3.11) with pip, and node with npm; everything else is installed here: tansu with
+# `cargo install` (once per machine), Debian's prometheus package (promtool and the server)
+# by scripts/check-deploy.sh, the Python packages into .venv, and the benchmark's peer
+# servers (npm ocpp-rpc, Python ocpp in bench/.venv) by bench/run.sh.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,7 +36,7 @@ sha256_of() {
     fi
 }
 
-section "[1/6] Kafka-protocol broker for the Kafka tests (tansu 0.6.0)"
+section "[1/7] Kafka-protocol broker for the Kafka tests (tansu 0.6.0)"
 # A real broker process, built once per machine (about 10 minutes on 2 cores);
 # `cargo install` skips the build when this version is already installed.
 TANSU_VERSION="0.6.0"
@@ -47,7 +49,7 @@ else
 fi
 export TANSU_BIN="$(command -v tansu)"
 
-section "[2/6] Python environment for the interop and observability tests ($VENV)"
+section "[2/7] Python environment for the interop and observability tests ($VENV)"
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "creating $VENV with $("$PYTHON" --version 2>&1)"
     "$PYTHON" -m venv "$VENV"
@@ -66,10 +68,10 @@ else
     printf '%s\n' "$wanted_sha" >"$STAMP"
 fi
 
-section "[3/6] cargo test --workspace --all-targets"
+section "[3/7] cargo test --workspace --all-targets"
 cargo test --workspace --all-targets
 
-section "[4/6] cargo build -p charge-point-gateway --bin charge-point-gateway"
+section "[4/7] cargo build -p charge-point-gateway --bin charge-point-gateway"
 cargo build -p charge-point-gateway --bin charge-point-gateway
 
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -80,10 +82,16 @@ if [[ ! -x "$GATEWAY_BIN" ]]; then
     exit 1
 fi
 
-section "[5/6] deploy checks: scripts/check-deploy.sh (Prometheus rules and Grafana dashboard)"
+section "[5/7] deploy checks: scripts/check-deploy.sh (Prometheus rules and Grafana dashboard)"
 # Also installs Debian's prometheus package when promtool or the server is missing: the
 # observability tests below run both.
 bash scripts/check-deploy.sh
 
-section "[6/6] Python tests: pytest tests/interop tests/observability (GATEWAY_BIN=$GATEWAY_BIN)"
+section "[6/7] Python tests: pytest tests/interop tests/observability (GATEWAY_BIN=$GATEWAY_BIN)"
 GATEWAY_BIN="$GATEWAY_BIN" "$VENV/bin/python" -m pytest -q tests/interop tests/observability
+
+section "[7/7] benchmark smoke run: bench/run.sh --quick --debug --check"
+# The whole benchmark at small sizes with debug builds: every server starts, every load
+# runs without a single error, and the reconnect storm recovers. Figures of record come
+# from a full `bench/run.sh` (release builds), not from here.
+bench/run.sh --quick --debug --check --output "$target_dir/bench-quick.md"

@@ -60,6 +60,8 @@ async fn echo(stream: TcpStream) {
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0);
+    // The callback's signature is tungstenite's; its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
     let agree_to_first_subprotocol = |request: &Request, mut response: Response| {
         let first = request
             .headers()

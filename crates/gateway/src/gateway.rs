@@ -447,6 +447,41 @@ fn replaces_own_connection(shared: &Shared, path: &str, policy: &HandshakePolicy
 }
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    // Boxed: the upgrade's state is large and only needed until the handshake ends, while
+    // this future lives as long as the connection (it is most of an idle connection's
+    // memory otherwise).
+    let Some((ws, accepted)) = Box::pin(upgrade(stream, peer, &shared)).await else {
+        return;
+    };
+    let info = Arc::new(ConnectionInfo::new(
+        accepted.charge_point_id,
+        accepted.version,
+        peer,
+    ));
+    let (handle, end) = SessionHandle::new(info.clone(), shared.config.session.call_queue_size);
+    let span = info_span!(
+        "session",
+        charge_point_id = %info.charge_point_id,
+        connection_id = %info.connection_id
+    );
+    if let Some(previous) = shared.registry.insert(handle) {
+        span.in_scope(|| {
+            info!(previous_connection_id = %previous.info.connection_id, "replacing the previous connection of this charge point")
+        });
+        previous.close(1000, "replaced_by_new_connection");
+    }
+    session::run(ws, shared, info, end, accepted.fallback)
+        .instrument(span)
+        .await;
+}
+
+/// The WebSocket upgrade with the handshake policy; `None` when refused or failed (logged
+/// and counted here).
+async fn upgrade(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Option<(tokio_tungstenite::WebSocketStream<TcpStream>, Accepted)> {
     let _ = stream.set_nodelay(true);
     let listener_config = &shared.config.listener;
     let policy = HandshakePolicy {
@@ -468,7 +503,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         let verdict = if shared.draining.load(Ordering::Relaxed) {
             Err(Refusal::ShuttingDown)
         } else if shared.registry.len() >= listener_config.max_connections
-            && !replaces_own_connection(&shared, request.uri().path(), &policy)
+            && !replaces_own_connection(shared, request.uri().path(), &policy)
         {
             Err(Refusal::AtCapacity)
         } else {
@@ -509,37 +544,17 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                     debug!(%peer, error = %e, "WebSocket handshake failed")
                 }
             }
-            return;
+            return None;
         }
         Err(_) => {
             attempt("handshake_timeout");
             debug!(%peer, "WebSocket handshake timed out");
-            return;
+            return None;
         }
     };
     attempt("accepted");
-    let Some(Ok(accepted)) = decision else {
-        return;
-    };
-
-    let info = Arc::new(ConnectionInfo::new(
-        accepted.charge_point_id,
-        accepted.version,
-        peer,
-    ));
-    let (handle, end) = SessionHandle::new(info.clone(), shared.config.session.call_queue_size);
-    let span = info_span!(
-        "session",
-        charge_point_id = %info.charge_point_id,
-        connection_id = %info.connection_id
-    );
-    if let Some(previous) = shared.registry.insert(handle) {
-        span.in_scope(|| {
-            info!(previous_connection_id = %previous.info.connection_id, "replacing the previous connection of this charge point")
-        });
-        previous.close(1000, "replaced_by_new_connection");
+    match decision {
+        Some(Ok(accepted)) => Some((ws, accepted)),
+        _ => None,
     }
-    session::run(ws, shared, info, end, accepted.fallback)
-        .instrument(span)
-        .await;
 }

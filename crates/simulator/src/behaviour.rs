@@ -227,7 +227,7 @@ impl Behaviour {
     }
 
     /// The next message of the scenario.
-    pub fn next(&mut self) -> Outgoing {
+    pub fn next_message(&mut self) -> Outgoing {
         self.turn += 1;
         match self.scenario {
             Scenario::Heartbeat | Scenario::Idle => {
@@ -436,7 +436,7 @@ mod tests {
             Behaviour::new(Version::V16, Scenario::Charging, 1, 2, "CP", "TAG".into());
         let mut actions = Vec::new();
         for _ in 0..8 {
-            let message = behaviour.next();
+            let message = behaviour.next_message();
             actions.push(message.action);
             match message.purpose {
                 Purpose::Authorize => behaviour.answered(
@@ -472,17 +472,17 @@ mod tests {
     fn a_rejected_tag_does_not_start_and_remote_start_skips_authorize() {
         let mut behaviour =
             Behaviour::new(Version::V201, Scenario::Charging, 2, 1, "CP", "TAG".into());
-        behaviour.next();
-        behaviour.next();
-        let authorize = behaviour.next();
+        behaviour.next_message();
+        behaviour.next_message();
+        let authorize = behaviour.next_message();
         behaviour.answered(
             authorize.purpose,
             Some(&json!({"idTokenInfo": {"status": "Invalid"}})),
         );
-        assert_eq!(behaviour.next().action, "StatusNotification");
+        assert_eq!(behaviour.next_message().action, "StatusNotification");
         behaviour.remote_start("REMOTE".into());
-        behaviour.next();
-        let start = behaviour.next();
+        behaviour.next_message();
+        let start = behaviour.next_message();
         assert_eq!(start.action, "TransactionEvent");
         assert_eq!(start.payload["eventType"], json!("Started"));
         assert_eq!(start.payload["idToken"]["idToken"], json!("REMOTE"));

@@ -94,6 +94,8 @@ enum End {
 pub struct ChargePoint {
     /// Position in the fleet, from 0; picks the source address and stats shard.
     pub index: usize,
+    /// Its number (in its id); the RFID tag it charges with is derived from it.
+    pub number: usize,
     /// Its id in the URL.
     pub id: String,
     /// Its OCPP version.
@@ -108,9 +110,15 @@ pub async fn run(
     stats: Arc<Stats>,
     mut control: watch::Receiver<Control>,
 ) {
-    let ChargePoint { index, id, version } = charge_point;
+    let ChargePoint {
+        index,
+        number,
+        id,
+        version,
+    } = charge_point;
     let mut state = State {
         index,
+        id: id.clone(),
         version,
         profile: profile.clone(),
         stats: stats.clone(),
@@ -121,9 +129,9 @@ pub async fn run(
             profile.connectors,
             profile.meter_values_per_transaction,
             &id,
-            format!("TAG{index:08X}"),
+            format!("TAG{number:08X}"),
         ),
-        boots: 0,
+        boot_reason: "PowerUp",
     };
     let mut failures = 0u32;
     let mut storms_seen = control.borrow().storm;
@@ -207,12 +215,15 @@ struct Queued {
 
 struct State {
     index: usize,
+    id: String,
     version: Version,
     profile: Arc<Profile>,
     stats: Arc<Stats>,
     configuration: Configuration,
     behaviour: Behaviour,
-    boots: u64,
+    /// The reason the next BootNotification gives (2.x): `RemoteReset` after a Reset,
+    /// `Triggered` when asked for, else `PowerUp` (a reconnect is reported as one too).
+    boot_reason: &'static str,
 }
 
 impl State {
@@ -290,6 +301,7 @@ impl State {
         }
         if matches!(end, End::Reboot) {
             self.behaviour.reboot();
+            self.boot_reason = "RemoteReset";
         }
         if link.pending.is_some() && !matches!(end, End::Stop) {
             // The answer will never come; count it as a timeout of a kind.
@@ -299,18 +311,13 @@ impl State {
     }
 
     fn boot_message(&mut self) -> Outgoing {
-        self.boots += 1;
-        let reason = if self.boots == 1 {
-            "PowerUp"
-        } else {
-            "RemoteReset"
-        };
+        let reason = std::mem::replace(&mut self.boot_reason, "PowerUp");
         Outgoing {
             action: "BootNotification",
             payload: payloads::boot_notification(
                 self.version,
                 &self.profile.identity,
-                &format!("SN{:08}", self.index),
+                &format!("SN-{}", self.id),
                 reason,
             ),
             purpose: Purpose::Boot,
@@ -332,10 +339,10 @@ impl State {
             (queued.message, queued.since)
         } else if link.booted && self.behaviour.sends_at_rate() {
             match (self.profile.rate.interval(), link.next_tick) {
-                (None, _) => (self.behaviour.next(), now),
+                (None, _) => (self.behaviour.next_message(), now),
                 (Some(interval), Some(tick)) if tick <= now => {
                     link.next_tick = Some(tick + interval);
-                    (self.behaviour.next(), tick)
+                    (self.behaviour.next_message(), tick)
                 }
                 _ => return Ok(()),
             }
@@ -449,7 +456,10 @@ impl State {
                 self.behaviour.remote_stop();
                 return None;
             }
-            FollowUp::Send(Trigger::BootNotification) => self.boot_message(),
+            FollowUp::Send(Trigger::BootNotification) => {
+                self.boot_reason = "Triggered";
+                self.boot_message()
+            }
             FollowUp::Send(Trigger::Heartbeat) => Outgoing {
                 action: "Heartbeat",
                 payload: payloads::heartbeat(),
@@ -522,6 +532,7 @@ impl State {
                 .profile
                 .rate
                 .interval()
+                .filter(|_| self.behaviour.sends_at_rate())
                 .map(|interval| now + interval.mul_f64(fastrand::f64()));
         } else {
             // Pending, Rejected or an error: boot again after the interval (OCPP's rule),

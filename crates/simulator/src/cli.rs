@@ -119,13 +119,13 @@ pub struct LoadArgs {
     #[arg(long, default_value = "SIM-")]
     pub id_prefix: String,
     /// The number of the first charge point (to run several simulators side by side).
-    #[arg(long, default_value_t = 1)]
-    pub first_number: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_number: u64,
     /// Connectors (EVSEs in 2.x) per charge point.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub connectors: u32,
     /// Meter readings per charging session.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub meter_values: u32,
     /// Heartbeat interval; by default the one in the BootNotification answer; 0s sends none.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -180,7 +180,7 @@ impl LoadArgs {
         Ok(LoadOptions {
             charge_points: self.charge_points,
             id_prefix: self.id_prefix.clone(),
-            first_number: self.first_number,
+            first_number: self.first_number as usize,
             mix: self.versions.clone(),
             ramp_rate: self.ramp_rate,
             duration: self.duration,
@@ -226,7 +226,7 @@ pub struct SessionArgs {
     #[arg(long)]
     pub stay: bool,
     /// Meter readings in the charging session.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub meter_values: u32,
 }
 

@@ -8,12 +8,14 @@ use std::{
 };
 
 use base64::Engine;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::{client::TlsStream, TlsConnector};
 use tokio_tungstenite::{
     tungstenite::{
         client::IntoClientRequest,
+        error::ProtocolError,
         http::{HeaderValue, Uri},
         protocol::WebSocketConfig,
         Error as WsError,
@@ -23,6 +25,21 @@ use tokio_tungstenite::{
 use tokio_util::either::Either;
 
 use crate::version::Version;
+
+/// Characters escaped in the charge point id's path segment: controls, space, and those
+/// with a meaning in a URL.
+const PATH_SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
 
 /// The byte stream under a charge point's WebSocket: plain TCP or TLS.
 pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
@@ -48,13 +65,13 @@ pub enum ConnectError {
     /// The server refused the upgrade with an HTTP status.
     #[error("upgrade refused with HTTP {0}")]
     Refused(u16),
-    /// The server agreed to a different subprotocol, or none.
-    #[error("server selected subprotocol {selected:?}, not {offered}")]
+    /// The server did not agree to the offered subprotocol (chose another, or none).
+    #[error("the server did not agree to subprotocol {offered}: {detail}")]
     Subprotocol {
         /// What was offered.
         offered: &'static str,
-        /// What came back.
-        selected: Option<String>,
+        /// What came back instead.
+        detail: String,
     },
     /// Any other WebSocket handshake failure.
     #[error("WebSocket handshake failed: {0}")]
@@ -136,6 +153,8 @@ impl Connector {
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let tls = if secure {
             Some(TlsConnector::from(Arc::new(client_tls_config(tls)?)))
+        } else if tls.ca_file.is_some() || tls.client_cert.is_some() {
+            anyhow::bail!("--ca-file, --client-cert and --client-key apply to wss:// URLs only");
         } else {
             None
         };
@@ -153,9 +172,14 @@ impl Connector {
         })
     }
 
-    /// The URL charge point `id` connects to.
+    /// The base URL, without the charge point id.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The URL charge point `id` connects to (the id percent-encoded as a path segment).
     pub fn url_of(&self, id: &str) -> String {
-        format!("{}/{}", self.base, id)
+        format!("{}/{}", self.base, utf8_percent_encode(id, PATH_SEGMENT))
     }
 
     /// Opens charge point `id`'s WebSocket, from source address number `index` (mod count).
@@ -219,6 +243,12 @@ impl Connector {
                 .await
                 .map_err(|error| match error {
                     WsError::Http(response) => ConnectError::Refused(response.status().as_u16()),
+                    WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(error)) => {
+                        ConnectError::Subprotocol {
+                            offered,
+                            detail: error.to_string(),
+                        }
+                    }
                     other => ConnectError::Handshake(other),
                 })?;
         let selected = response
@@ -228,7 +258,7 @@ impl Connector {
         if selected != Some(offered) {
             return Err(ConnectError::Subprotocol {
                 offered,
-                selected: selected.map(str::to_owned),
+                detail: format!("it selected {selected:?}"),
             });
         }
         Ok(socket)

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::{sync::watch, task::JoinSet, time::Instant};
 
 use crate::{
-    behaviour::Rate,
+    behaviour::{Rate, Scenario},
     charge_point::{self, ChargePoint, Control, Profile},
     connect::Connector,
     stats::{Counters, Percentiles, Stats},
@@ -148,10 +148,14 @@ pub async fn run(connector: Connector, options: LoadOptions, mut progress: impl 
                 if control.borrow().stop {
                     break;
                 }
+                // Numbered from `first_number` (at least 1); the version follows the number, so
+                // several simulators with consecutive ranges deal one mix between them.
+                let number = options.first_number.max(1) + index;
                 let charge_point = ChargePoint {
                     index,
-                    id: format!("{}{:06}", options.id_prefix, options.first_number + index),
-                    version: options.mix.version_of(options.first_number + index),
+                    number,
+                    id: format!("{}{:06}", options.id_prefix, number),
+                    version: options.mix.version_of(number - 1),
                 };
                 tasks.spawn(charge_point::run(
                     charge_point,
@@ -274,13 +278,14 @@ pub async fn run(connector: Connector, options: LoadOptions, mut progress: impl 
     let failed = window.call_errors + window.call_timeouts;
     let final_counters = stats.counters();
     Summary {
-        target: connector.url_of("{id}"),
+        target: format!("{}/{{id}}", connector.base()),
         charge_points: options.charge_points,
         versions: options.mix.to_string(),
         scenario: options.profile.scenario.to_string(),
-        rate_per_charge_point: match options.profile.rate {
-            Rate::Max => "max".into(),
-            rate => rate.to_string(),
+        rate_per_charge_point: match (options.profile.scenario, options.profile.rate) {
+            (Scenario::Idle, _) => "none (idle)".into(),
+            (_, Rate::Max) => "max".into(),
+            (_, Rate::PerSecond(rate)) => format!("{rate:.4}/s"),
         },
         all_booted_after_s: all_booted_at.map(|at| (at - started).as_secs_f64()),
         window_s,

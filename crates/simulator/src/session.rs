@@ -100,6 +100,8 @@ pub async fn run(
             "SIMTAG01".into(),
         ),
         heartbeat: Duration::from_secs(300),
+        deferred: Vec::new(),
+        reboot_requested: false,
     };
     let mut socket = session.open(connector).await?;
     session.boot(&mut socket).await?;
@@ -107,6 +109,7 @@ pub async fn run(
         Some(script) => {
             for (action, payload) in script {
                 session.call(&mut socket, action, payload.clone()).await?;
+                session.carry_out_deferred(&mut socket).await?;
             }
         }
         None => session.charging_session(&mut socket).await?,
@@ -127,6 +130,10 @@ struct Session<'a, W> {
     configuration: Configuration,
     behaviour: Behaviour,
     heartbeat: Duration,
+    /// What commands asked for while a CALL of ours was waiting for its answer.
+    deferred: Vec<FollowUp>,
+    /// A Reset asked for a reboot, carried out by `--stay` (a session without it ends).
+    reboot_requested: bool,
 }
 
 /// What a wait for an answer saw.
@@ -177,11 +184,12 @@ impl<W: Write + Send> Session<'_, W> {
     /// One whole charging session, from plugging in to unplugging.
     async fn charging_session(&mut self, socket: &mut Socket) -> anyhow::Result<()> {
         loop {
-            let message = self.behaviour.next();
+            let message = self.behaviour.next_message();
             let purpose = message.purpose;
             let answer = self.call(socket, message.action, message.payload).await?;
             self.behaviour.answered(purpose, answer.as_ref());
-            if self.behaviour.is_idle() {
+            self.carry_out_deferred(socket).await?;
+            if self.behaviour.is_idle() || self.reboot_requested {
                 return Ok(());
             }
         }
@@ -204,19 +212,60 @@ impl<W: Write + Send> Session<'_, W> {
             .context("send failed")?;
         self.report.sent += 1;
         let deadline = Instant::now() + self.options.call_timeout;
-        let mut follow_ups = Vec::new();
-        let answer = loop {
+        loop {
             match self.wait(socket, Some((&id, deadline))).await? {
-                Waited::Answer(answer) => break answer,
-                Waited::FollowUp(follow_up) => follow_ups.push(follow_up),
+                Waited::Answer(answer) => return Ok(answer),
+                // One CALL at a time: what a command asks for waits for this answer.
+                Waited::FollowUp(follow_up) => self.deferred.push(follow_up),
+            }
+        }
+    }
+
+    /// Does what commands asked for while a CALL was waiting: sends triggered messages,
+    /// notes remote starts and stops for the charging session, and a reboot for `--stay`.
+    async fn carry_out_deferred(&mut self, socket: &mut Socket) -> anyhow::Result<()> {
+        while !self.deferred.is_empty() {
+            for follow_up in std::mem::take(&mut self.deferred) {
+                match follow_up {
+                    FollowUp::StartTransaction { id_tag } => self.behaviour.remote_start(id_tag),
+                    FollowUp::StopTransaction => self.behaviour.remote_stop(),
+                    FollowUp::Reboot => self.reboot_requested = true,
+                    FollowUp::Send(trigger) => self.send_triggered(socket, trigger).await?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_triggered(
+        &mut self,
+        socket: &mut Socket,
+        trigger: Trigger,
+    ) -> anyhow::Result<()> {
+        let (action, payload) = match trigger {
+            Trigger::BootNotification => (
+                "BootNotification",
+                payloads::boot_notification(
+                    self.options.version,
+                    &self.options.identity,
+                    "SN-SESSION",
+                    "Triggered",
+                ),
+            ),
+            Trigger::Heartbeat => ("Heartbeat", payloads::heartbeat()),
+            Trigger::StatusNotification => {
+                for message in self.behaviour.after_boot() {
+                    self.call(socket, message.action, message.payload).await?;
+                }
+                return Ok(());
+            }
+            Trigger::MeterValues => {
+                let message = self.behaviour.meter_values_now();
+                (message.action, message.payload)
             }
         };
-        for follow_up in follow_ups {
-            self.print(&format!(
-                "(deferred until the answer to {action}: {follow_up:?})"
-            ));
-        }
-        Ok(answer)
+        self.call(socket, action, payload).await?;
+        Ok(())
     }
 
     /// Reads frames until the answer to `waiting` arrives (or its deadline passes), or, when
@@ -318,46 +367,17 @@ impl<W: Write + Send> Session<'_, W> {
             let Waited::FollowUp(follow_up) = waited else {
                 continue;
             };
-            match follow_up {
-                FollowUp::StartTransaction { id_tag } => {
-                    self.behaviour.remote_start(id_tag);
-                    self.charging_session(&mut socket).await?;
-                }
-                // The built-in session has already stopped; nothing runs between commands.
-                FollowUp::StopTransaction => self.behaviour.remote_stop(),
-                FollowUp::Reboot => {
-                    self.print("reset: rebooting");
-                    let _ = socket.close(None).await;
-                    self.behaviour.reboot();
-                    socket = self.open(connector).await?;
-                    self.boot(&mut socket).await?;
-                }
-                FollowUp::Send(trigger) => {
-                    let (action, payload) = match trigger {
-                        Trigger::BootNotification => (
-                            "BootNotification",
-                            payloads::boot_notification(
-                                self.options.version,
-                                &self.options.identity,
-                                "SN-SESSION",
-                                "Triggered",
-                            ),
-                        ),
-                        Trigger::Heartbeat => ("Heartbeat", payloads::heartbeat()),
-                        Trigger::StatusNotification => {
-                            for message in self.behaviour.after_boot() {
-                                self.call(&mut socket, message.action, message.payload)
-                                    .await?;
-                            }
-                            continue;
-                        }
-                        Trigger::MeterValues => {
-                            let message = self.behaviour.meter_values_now();
-                            (message.action, message.payload)
-                        }
-                    };
-                    self.call(&mut socket, action, payload).await?;
-                }
+            self.deferred.push(follow_up);
+            self.carry_out_deferred(&mut socket).await?;
+            if !self.behaviour.is_idle() && !self.reboot_requested {
+                self.charging_session(&mut socket).await?;
+            }
+            if std::mem::take(&mut self.reboot_requested) {
+                self.print("reset: rebooting");
+                let _ = socket.close(None).await;
+                self.behaviour.reboot();
+                socket = self.open(connector).await?;
+                self.boot(&mut socket).await?;
             }
         }
     }

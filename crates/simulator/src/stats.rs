@@ -45,7 +45,8 @@ pub struct Stats {
     pub call_timeouts: AtomicU64,
     /// CALLs the central system sent to charge points.
     pub server_calls: AtomicU64,
-    /// Connections that ended without the simulator asking (server close, reset, error).
+    /// Connections that ended without the simulator asking (closed by the server, or lost);
+    /// neither storms nor Resets count.
     pub disconnects: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     shards: Vec<Mutex<Shard>>,

@@ -13,11 +13,12 @@ use chrono::{DateTime, Utc};
 use ocpp::OcppVersion;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::collections::VecDeque;
+
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{oneshot, Notify, Semaphore, TryAcquireError},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 
 /// What is known about one live connection.
 #[derive(Debug)]
@@ -173,51 +174,78 @@ pub enum QueueMode {
 pub struct SessionHandle {
     /// The connection's details.
     pub info: Arc<ConnectionInfo>,
-    // Boxed: the channel allocates its slots in blocks up front, and a pointer per slot
-    // keeps an idle connection's share small.
-    calls: mpsc::Sender<Box<OutboundCall>>,
-    close_token: CancellationToken,
-    close_request: Arc<Mutex<Option<CloseRequest>>>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// What a session's handles share with the session: the gateway CALLs waiting to be sent
+/// and the close request.
+///
+/// One small allocation per connection: a bounded channel and a cancellation token cost
+/// several times as much, and every idle connection paid for them.
+struct Mailbox {
+    calls: Mutex<VecDeque<Box<OutboundCall>>>,
+    /// Free places in `calls`; closed (under the `calls` lock) once the session has ended.
+    room: Semaphore,
+    /// Wakes the session: a call was queued or a close requested.
+    wake: Notify,
+    close_request: Mutex<Option<CloseRequest>>,
 }
 
 /// The session's side of a [`SessionHandle`].
 pub(crate) struct SessionEnd {
-    pub calls: mpsc::Receiver<Box<OutboundCall>>,
-    pub close_token: CancellationToken,
-    close_request: Arc<Mutex<Option<CloseRequest>>>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl SessionEnd {
-    /// The close request that cancelled the token.
-    pub fn close_request(&self) -> CloseRequest {
-        self.close_request
+    /// The close requested through a handle, if any.
+    pub fn close_request(&self) -> Option<CloseRequest> {
+        *self
+            .mailbox
+            .close_request
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or(CloseRequest {
-                code: 1001,
-                reason: "closed_by_gateway",
-            })
     }
+
+    /// The oldest queued call, if any; its place is free again.
+    pub fn next_call(&self) -> Option<Box<OutboundCall>> {
+        let call = lock(&self.mailbox.calls).pop_front()?;
+        self.mailbox.room.add_permits(1);
+        Some(call)
+    }
+
+    /// Resolves when a handle queued a call or asked to close since the last wake. The
+    /// session checks both after every wake, so a wake that finds nothing is harmless.
+    pub async fn woken(&self) {
+        self.mailbox.wake.notified().await;
+    }
+
+    /// Refuses further calls and returns the ones still queued.
+    pub fn close_queue(&self) -> Vec<OutboundCall> {
+        let mut calls = lock(&self.mailbox.calls);
+        self.mailbox.room.close();
+        calls.drain(..).map(|call| *call).collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl SessionHandle {
     /// A handle and the session's end of it; `queue_size` calls may wait.
     pub(crate) fn new(info: Arc<ConnectionInfo>, queue_size: usize) -> (SessionHandle, SessionEnd) {
-        let (calls_tx, calls_rx) = mpsc::channel(queue_size);
-        let close_token = CancellationToken::new();
-        let close_request = Arc::new(Mutex::new(None));
+        let mailbox = Arc::new(Mailbox {
+            calls: Mutex::new(VecDeque::new()),
+            room: Semaphore::new(queue_size),
+            wake: Notify::new(),
+            close_request: Mutex::new(None),
+        });
         (
             SessionHandle {
                 info,
-                calls: calls_tx,
-                close_token: close_token.clone(),
-                close_request: close_request.clone(),
+                mailbox: mailbox.clone(),
             },
-            SessionEnd {
-                calls: calls_rx,
-                close_token,
-                close_request,
-            },
+            SessionEnd { mailbox },
         )
     }
 
@@ -245,18 +273,31 @@ impl SessionHandle {
             deadline,
             reply,
         });
-        match mode {
-            QueueMode::FailFast => match self.calls.try_send(call) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => return CallOutcome::QueueFull,
-                Err(mpsc::error::TrySendError::Closed(_)) => return CallOutcome::NotConnected,
+        let permit = match mode {
+            QueueMode::FailFast => match self.mailbox.room.try_acquire() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::NoPermits) => return CallOutcome::QueueFull,
+                Err(TryAcquireError::Closed) => return CallOutcome::NotConnected,
             },
-            QueueMode::Wait => match self.calls.send_timeout(call, timeout).await {
-                Ok(()) => {}
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => return CallOutcome::Timeout,
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => return CallOutcome::NotConnected,
-            },
+            QueueMode::Wait => {
+                match tokio::time::timeout(timeout, self.mailbox.room.acquire()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_closed)) => return CallOutcome::NotConnected,
+                    Err(_elapsed) => return CallOutcome::Timeout,
+                }
+            }
+        };
+        {
+            let mut calls = lock(&self.mailbox.calls);
+            // The session closes `room` under this lock before draining: a call pushed
+            // here is either drained by it or seen closed now, never stranded.
+            if self.mailbox.room.is_closed() {
+                return CallOutcome::NotConnected;
+            }
+            permit.forget();
+            calls.push_back(call);
         }
+        self.mailbox.wake.notify_one();
         // The session answers every call by its deadline; a dropped sender means the
         // session ended first. The outer bound guards against a session that cannot act.
         match tokio::time::timeout_at(deadline + Duration::from_secs(1), outcome).await {
@@ -267,16 +308,16 @@ impl SessionHandle {
 
     /// How many calls wait behind the one in flight.
     pub fn queued_calls(&self) -> usize {
-        self.calls.max_capacity() - self.calls.capacity()
+        lock(&self.mailbox.calls).len()
     }
 
     /// Asks the session to close with `code` and `reason`; returns at once.
     pub fn close(&self, code: u16, reason: &'static str) {
-        let mut request = self.close_request.lock().unwrap_or_else(|e| e.into_inner());
+        let mut request = lock(&self.mailbox.close_request);
         if request.is_none() {
             *request = Some(CloseRequest { code, reason });
         }
         drop(request);
-        self.close_token.cancel();
+        self.mailbox.wake.notify_one();
     }
 }

@@ -12,7 +12,7 @@ mod handle;
 use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use chrono::Utc;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use ocpp::{
     frame::{self, RpcError},
     ErrorCode, Frame, FrameErrorKind, MessageType, OcppVersion, PayloadKind,
@@ -99,18 +99,46 @@ struct Session<S> {
     info: Arc<ConnectionInfo>,
     end: SessionEnd,
     inbound_queue: VecDeque<InboundCall>,
-    in_flight: Option<InFlight>,
-    outbound: Option<PendingOutbound>,
+    // Boxed: both are empty most of the time, and every byte of `Session` is paid by
+    // every idle connection.
+    in_flight: Option<Box<InFlight>>,
+    outbound: Option<Box<PendingOutbound>>,
     consecutive_bad: u32,
     awaiting_pong_until: Option<Instant>,
 }
 
 /// Runs the session of an upgraded connection until it ends.
-pub(crate) async fn run<S>(
+pub(crate) fn run<S>(
     ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     info: Arc<ConnectionInfo>,
     end: SessionEnd,
+    fallback: bool,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // Everything an idle connection keeps lives in the returned future or behind it. The
+    // session goes to the heap, and this is not an `async fn`, so that the socket is not
+    // also kept among a generator's captured arguments for the connection's whole life.
+    let session = Box::new(Session {
+        ws,
+        shared: shared.clone(),
+        info: info.clone(),
+        end,
+        inbound_queue: VecDeque::new(),
+        in_flight: None,
+        outbound: None,
+        consecutive_bad: 0,
+        awaiting_pong_until: None,
+    });
+    serve(session, shared, info, fallback)
+}
+
+async fn serve<S>(
+    mut session: Box<Session<S>>,
+    shared: Arc<Shared>,
+    info: Arc<ConnectionInfo>,
     fallback: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -129,6 +157,7 @@ pub(crate) async fn run<S>(
             &info.charge_point_id,
             EventData::Opened(opened),
         ))
+        .boxed()
         .await;
     info!(version = %info.version, peer = %info.peer_address, fallback, "charge point connected");
     let version_label = VersionLabels {
@@ -140,17 +169,6 @@ pub(crate) async fn run<S>(
         .get_or_create(&version_label)
         .inc();
 
-    let mut session = Session {
-        ws,
-        shared: shared.clone(),
-        info: info.clone(),
-        end,
-        inbound_queue: VecDeque::new(),
-        in_flight: None,
-        outbound: None,
-        consecutive_bad: 0,
-        awaiting_pong_until: None,
-    };
     let ended = session.run_loop().await;
     // Unregister before the closed event, so that whoever sees the event also sees the
     // charge point gone (unless a newer connection already took its place).
@@ -189,6 +207,7 @@ pub(crate) async fn run<S>(
             &info.charge_point_id,
             EventData::Closed(closed),
         ))
+        .boxed()
         .await;
 }
 
@@ -212,40 +231,55 @@ where
             paused_since_ping |= !can_read;
             let outbound_deadline = self.outbound.as_ref().map(|o| o.deadline);
             let ping_deadline = self.awaiting_pong_until.unwrap_or(next_ping);
+            let timer_deadline = match (outbound_deadline, pings_on) {
+                (Some(outbound), true) => Some(outbound.min(ping_deadline)),
+                (Some(outbound), false) => Some(outbound),
+                (None, true) => Some(ping_deadline),
+                (None, false) => None,
+            };
+            if let Some(request) = self.end.close_request() {
+                return Box::pin(self.close(request.code, request.reason)).await;
+            }
+            if self.outbound.is_none() {
+                if let Some(call) = self.end.next_call() {
+                    if let Err(ended) = Box::pin(self.send_call(call)).await {
+                        return ended;
+                    }
+                    continue;
+                }
+            }
             let in_flight = &mut self.in_flight;
             tokio::select! {
-                _ = self.end.close_token.cancelled() => {
-                    let request = self.end.close_request();
-                    return self.close(request.code, request.reason).await;
-                }
+                // A queued call or a close request: both are checked above.
+                _ = self.end.woken() => {}
                 reply = async { match in_flight { Some(call) => (&mut call.reply).await, None => std::future::pending().await } } => {
                     let Some(call) = self.in_flight.take() else { continue };
                     let size = reply.frame.len();
-                    if let Err(ended) = self.send_text(reply.frame).await { return ended; }
+                    if let Err(ended) = Box::pin(self.send_text(reply.frame)).await { return ended; }
                     self.count_reply(&call, reply.error, size);
                     if reply.bad_message {
-                        if let Some(ended) = self.count_bad_message().await { return ended; }
+                        if let Some(ended) = Box::pin(self.count_bad_message()).await { return ended; }
                     } else {
                         self.consecutive_bad = 0;
                     }
                     self.start_next_inbound();
                 }
                 message = self.ws.next(), if can_read => {
-                    if let Some(ended) = self.on_message(message).await { return ended; }
+                    if let Some(ended) = Box::pin(self.on_message(message)).await { return ended; }
                 }
-                call = self.end.calls.recv(), if self.outbound.is_none() => {
-                    // The handle side never closes first while the session runs (the
-                    // registry holds a sender), so `None` only happens on shutdown races.
-                    let Some(call) = call else { continue };
-                    if let Err(ended) = self.send_call(call).await { return ended; }
-                }
-                _ = sleep_until(outbound_deadline.unwrap_or_else(Instant::now)), if outbound_deadline.is_some() => {
-                    if let Some(pending) = self.outbound.take() {
-                        warn!(message_id = %pending.message_id, action = %pending.action, "gateway CALL timed out");
-                        self.complete_outbound(pending, CallOutcome::Timeout);
+                // One timer for both deadlines: each Sleep is over a hundred bytes of every
+                // idle connection's memory.
+                _ = sleep_until(timer_deadline.unwrap_or_else(Instant::now)), if timer_deadline.is_some() => {
+                    let now = Instant::now();
+                    if outbound_deadline.is_some_and(|deadline| deadline <= now) {
+                        if let Some(pending) = self.outbound.take() {
+                            warn!(message_id = %pending.message_id, action = %pending.action, "gateway CALL timed out");
+                            self.complete_outbound(*pending, CallOutcome::Timeout);
+                        }
                     }
-                }
-                _ = sleep_until(ping_deadline), if pings_on => {
+                    if !pings_on || ping_deadline > now {
+                        continue;
+                    }
                     if self.awaiting_pong_until.is_some() && paused_since_ping {
                         paused_since_ping = false;
                         self.awaiting_pong_until = Some(Instant::now() + session_config.pong_timeout);
@@ -464,12 +498,12 @@ where
             crate::telemetry::traces::record_ids(&span);
             let future = dispatch::handle_call(self.shared.clone(), self.info.clone(), call)
                 .instrument(span);
-            self.in_flight = Some(InFlight {
+            self.in_flight = Some(Box::new(InFlight {
                 message_id,
                 action_label,
                 received,
                 reply: Box::pin(future),
-            });
+            }));
         }
     }
 
@@ -642,7 +676,7 @@ where
             .as_ref()
             .is_some_and(|p| p.message_id == message_id)
         {
-            self.outbound.take()
+            self.outbound.take().map(|pending| *pending)
         } else {
             None
         }
@@ -671,14 +705,14 @@ where
         let metrics = &self.shared.metrics;
         metrics.sent(self.version(), MessageType::Call, action_label, text.len());
         metrics.pending_calls.inc();
-        self.outbound = Some(PendingOutbound {
+        self.outbound = Some(Box::new(PendingOutbound {
             message_id,
             action,
             action_label,
             sent_at: std::time::Instant::now(),
             deadline,
             reply,
-        });
+        }));
         self.send_text(text).await
     }
 
@@ -800,10 +834,9 @@ where
     /// Answers every call still waiting: the charge point is gone.
     fn fail_pending_calls(&mut self) {
         if let Some(pending) = self.outbound.take() {
-            self.complete_outbound(pending, CallOutcome::NotConnected);
+            self.complete_outbound(*pending, CallOutcome::NotConnected);
         }
-        self.end.calls.close();
-        while let Ok(call) = self.end.calls.try_recv() {
+        for call in self.end.close_queue() {
             let _ = call.reply.send(CallOutcome::NotConnected);
         }
     }

@@ -1,16 +1,13 @@
-//! The embedded sink: JSON lines to stdout or a file, written by one task in batches.
+//! The embedded sink: JSON lines to stdout or a file, written by one thread in batches.
 //!
 //! An event is durable once its batch is written and flushed; the writer acknowledges
 //! every event of a batch together (group commit), so a busy gateway pays one flush per
 //! batch rather than per event.
 
-use std::{path::PathBuf, sync::Arc, sync::Mutex};
+use std::{io::Write, path::PathBuf, sync::Arc, sync::Mutex};
 
 use futures_util::{future::BoxFuture, FutureExt};
-use tokio::{
-    io::{AsyncWrite, AsyncWriteExt},
-    sync::{mpsc, oneshot},
-};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{ComponentHealth, Delivery, EventSink, SinkError};
 use crate::{event::Event, metrics::Metrics};
@@ -41,55 +38,72 @@ pub struct EmbeddedSink {
 }
 
 impl EmbeddedSink {
-    /// Opens `output` and starts the writer task; at most `queue_capacity` events wait.
+    /// Opens `output` and starts the writer thread; at most `queue_capacity` events wait.
     pub async fn start(
         output: Output,
         queue_capacity: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<EmbeddedSink> {
-        let writer: Option<Box<dyn AsyncWrite + Send + Unpin>> = match &output {
-            Output::Stdout => Some(Box::new(tokio::io::stdout())),
-            Output::File(path) => Some(Box::new(
-                tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .await?,
-            )),
+        let writer: Option<Box<dyn Write + Send>> = match &output {
+            Output::Stdout => Some(Box::new(std::io::stdout())),
+            Output::File(path) => {
+                let path = path.clone();
+                let file = tokio::task::spawn_blocking(move || {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                Some(Box::new(file))
+            }
             Output::Discard => None,
         };
         let (queue, receiver) = mpsc::channel(queue_capacity);
         let last_error = Arc::new(Mutex::new(None));
-        tokio::spawn(write_loop(receiver, writer, last_error.clone(), metrics));
+        let thread_error = last_error.clone();
+        // Writes block, and a slow disk or a full stdout pipe must not stall the runtime's
+        // workers; a thread of its own also takes serialisation off them. Handing a whole
+        // batch over costs one wake-up, where `tokio::fs` paid one per write and flush.
+        std::thread::Builder::new()
+            .name("event-writer".into())
+            .spawn(move || write_loop(receiver, writer, thread_error, metrics))?;
         Ok(EmbeddedSink { queue, last_error })
     }
 }
 
-async fn write_loop(
+fn write_loop(
     mut receiver: mpsc::Receiver<Item>,
-    mut writer: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    mut writer: Option<Box<dyn Write + Send>>,
     last_error: Arc<Mutex<Option<String>>>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut buffer = Vec::with_capacity(64 * 1024);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while let Some(first) = receiver.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
         buffer.clear();
-        for item in &batch {
-            if let Item::Event(event, _) = item {
-                // Serialising our own types cannot fail; a failure would be a bug, and
-                // must still not lose the line silently.
-                if let Err(e) = serde_json::to_writer(&mut buffer, event.as_ref()) {
-                    tracing::error!(error = %e, "event could not be serialised");
+        if writer.is_some() {
+            for item in &batch {
+                if let Item::Event(event, _) = item {
+                    // Serialising our own types cannot fail; a failure would be a bug, and
+                    // must still not lose the line silently.
+                    if let Err(e) = serde_json::to_writer(&mut buffer, event.as_ref()) {
+                        tracing::error!(error = %e, "event could not be serialised");
+                    }
+                    buffer.push(b'\n');
                 }
-                buffer.push(b'\n');
             }
         }
         let result = match writer.as_mut() {
-            Some(w) if !buffer.is_empty() => match w.write_all(&buffer).await {
-                Ok(()) => w.flush().await,
-                Err(e) => Err(e),
-            },
+            Some(w) if !buffer.is_empty() => w.write_all(&buffer).and_then(|()| w.flush()),
             _ => Ok(()),
         };
         let outcome = result.map_err(|e| SinkError::Unavailable(e.to_string()));

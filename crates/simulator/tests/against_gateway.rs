@@ -1,0 +1,383 @@
+//! The simulator against the real gateway on 127.0.0.1:0. The gateway validates every
+//! frame against the OCA schemas, so a run without CALLERRORs shows that what the simulator
+//! says is valid OCPP in every version, and a `completed` command that its answers are too.
+
+use std::{sync::Arc, time::Duration};
+
+use charge_point_gateway::{config::EventOutput, Config, Gateway, Shared};
+use charge_point_simulator::{
+    behaviour::{Rate, Scenario},
+    charge_point::{Backoff, Profile},
+    connect::{Connector, TlsOptions},
+    load::{self, LoadOptions, Summary},
+    payloads::Identity,
+    session::{self, SessionOptions},
+    version::Version,
+};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// Bound on every wait.
+const STEP: Duration = Duration::from_secs(10);
+
+struct TestGateway {
+    url: String,
+    admin: String,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    http: reqwest::Client,
+}
+
+impl TestGateway {
+    async fn start() -> TestGateway {
+        let mut config = Config::default();
+        config.listener.address = "127.0.0.1:0".parse().unwrap();
+        config.admin.address = "127.0.0.1:0".parse().unwrap();
+        config.metrics.address = "127.0.0.1:0".parse().unwrap();
+        config.events.output = EventOutput::None;
+        config.shutdown.drain_time = Duration::from_millis(100);
+        config.validate().expect("test config is valid");
+        let gateway = Gateway::bind(config).await.expect("gateway binds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let url = format!("ws://{}/ocpp", gateway.ocpp_address());
+        let admin = format!("http://{}", gateway.admin_address());
+        let shared = gateway.shared();
+        tokio::spawn(gateway.run(async move {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            url,
+            admin,
+            shared,
+            stop: Some(stop),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    /// Waits until `count` charge points are connected (the registry is the gateway's own
+    /// record of them).
+    async fn wait_connected(&self, count: usize) {
+        tokio::time::timeout(STEP, async {
+            while self.shared.registry.len() < count {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("charge points connect in time");
+    }
+
+    async fn command(&self, id: &str, action: &str, payload: Value) -> Value {
+        self.http
+            .post(format!("{}/api/v1/charge-points/{id}/commands", self.admin))
+            .json(&json!({ "action": action, "payload": payload, "timeoutSeconds": 5 }))
+            .send()
+            .await
+            .expect("admin API answers")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    async fn connection(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/api/v1/connections/{id}", self.admin))
+            .send()
+            .await
+            .expect("admin API answers")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn connector(url: &str, sources: Vec<std::net::IpAddr>) -> Connector {
+    Connector::new(url, &TlsOptions::default(), None, sources, STEP).expect("valid URL")
+}
+
+fn profile(scenario: Scenario, rate: Rate) -> Profile {
+    Profile {
+        scenario,
+        rate,
+        heartbeat_interval: None,
+        connectors: 2,
+        meter_values_per_transaction: 2,
+        call_timeout: STEP,
+        backoff: Backoff {
+            minimum: Duration::from_millis(50),
+            maximum: Duration::from_secs(1),
+            jitter: Duration::from_millis(200),
+        },
+        echo_baseline: false,
+        identity: Identity::default(),
+    }
+}
+
+fn options(charge_points: usize, profile: Profile, duration: Duration) -> LoadOptions {
+    LoadOptions {
+        charge_points,
+        id_prefix: "T-".into(),
+        first_number: 1,
+        mix: "1.6=1,2.0.1=1,2.1=1".parse().unwrap(),
+        ramp_rate: 0.0,
+        duration,
+        warmup: Duration::ZERO,
+        storm_after: None,
+        progress_every: None,
+        profile,
+    }
+}
+
+fn assert_clean(summary: &Summary) {
+    assert!(summary.errors.is_empty(), "errors: {:?}", summary.errors);
+    assert_eq!(summary.window.call_errors, 0);
+    assert_eq!(summary.window.call_timeouts, 0);
+}
+
+#[tokio::test]
+async fn a_mixed_fleet_charges_in_every_version_without_a_single_error() {
+    let gateway = TestGateway::start().await;
+    let summary = load::run(
+        connector(&gateway.url, vec![]),
+        options(
+            9,
+            profile(Scenario::Charging, Rate::PerSecond(40.0)),
+            Duration::from_millis(1500),
+        ),
+        std::io::sink(),
+    )
+    .await;
+    assert_clean(&summary);
+    assert!(summary.all_booted_after_s.is_some());
+    // Nine charge points at 40/s for 1.5 s: many whole charging sessions, each of which
+    // runs Authorize, the transaction messages of its version and StatusNotifications.
+    assert!(
+        summary.window.calls_answered > 200,
+        "only {} answered",
+        summary.window.calls_answered
+    );
+    assert!(summary.latency_ms.count > 200);
+    assert!(summary.latency_ms.p50 > 0.0 && summary.latency_ms.p50 <= summary.latency_ms.p99);
+}
+
+#[tokio::test]
+async fn the_closed_loop_telemetry_scenario_counts_every_answer() {
+    let gateway = TestGateway::start().await;
+    let summary = load::run(
+        connector(&gateway.url, vec![]),
+        options(
+            6,
+            profile(Scenario::Telemetry, Rate::Max),
+            Duration::from_millis(500),
+        ),
+        std::io::sink(),
+    )
+    .await;
+    assert_clean(&summary);
+    assert_eq!(summary.rate_per_charge_point, "max");
+    // Closed loop: at most one CALL per charge point is unanswered when the window closes.
+    let w = &summary.window;
+    assert!(w.calls_sent >= w.calls_answered && w.calls_sent - w.calls_answered <= 6);
+    assert!(w.answered_per_s > 100.0, "{w:?}");
+}
+
+#[tokio::test]
+async fn simulated_charge_points_answer_commands_validly_in_every_version() {
+    let gateway = TestGateway::start().await;
+    let run = tokio::spawn(load::run(
+        connector(&gateway.url, vec![]),
+        options(
+            3,
+            profile(Scenario::Idle, Rate::Max),
+            Duration::from_secs(4),
+        ),
+        std::io::sink(),
+    ));
+    gateway.wait_connected(3).await;
+    // T-000001 is 1.6, T-000002 2.0.1, T-000003 2.1 (the mix deals versions in turn).
+    let get = gateway
+        .command(
+            "T-000001",
+            "GetConfiguration",
+            json!({"key": ["HeartbeatInterval", "Nope"]}),
+        )
+        .await;
+    assert_eq!(get["status"], "completed", "{get}");
+    assert_eq!(get["response"]["configurationKey"][0]["value"], "300");
+    assert_eq!(get["response"]["unknownKey"], json!(["Nope"]));
+    let change = gateway
+        .command(
+            "T-000001",
+            "ChangeConfiguration",
+            json!({"key": "HeartbeatInterval", "value": "60"}),
+        )
+        .await;
+    assert_eq!(change["response"]["status"], "Accepted", "{change}");
+    let start = gateway
+        .command(
+            "T-000001",
+            "RemoteStartTransaction",
+            json!({"idTag": "REMOTE-1", "connectorId": 1}),
+        )
+        .await;
+    assert_eq!(start["response"]["status"], "Accepted", "{start}");
+    let trigger = gateway
+        .command(
+            "T-000001",
+            "TriggerMessage",
+            json!({"requestedMessage": "Heartbeat"}),
+        )
+        .await;
+    assert_eq!(trigger["response"]["status"], "Accepted", "{trigger}");
+
+    for id in ["T-000002", "T-000003"] {
+        let variable = json!({"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}});
+        let set = gateway
+            .command(id, "SetVariables", json!({"setVariableData": [{"attributeValue": "120", "component": variable["component"], "variable": variable["variable"]}]}))
+            .await;
+        assert_eq!(
+            set["response"]["setVariableResult"][0]["attributeStatus"], "Accepted",
+            "{set}"
+        );
+        let get = gateway
+            .command(id, "GetVariables", json!({"getVariableData": [variable]}))
+            .await;
+        assert_eq!(
+            get["response"]["getVariableResult"][0]["attributeValue"], "120",
+            "{get}"
+        );
+        let start = gateway
+            .command(id, "RequestStartTransaction", json!({"idToken": {"idToken": "REMOTE-2", "type": "ISO14443"}, "remoteStartId": 7, "evseId": 1}))
+            .await;
+        assert_eq!(start["response"]["status"], "Accepted", "{start}");
+        let unknown = gateway
+            .command(id, "ClearDisplayMessage", json!({"id": 1}))
+            .await;
+        assert_eq!(unknown["status"], "callError", "{unknown}");
+        assert_eq!(unknown["error"]["code"], "NotImplemented");
+        assert_eq!(unknown["error"]["origin"], "chargePoint");
+    }
+
+    // A reset reboots: the charge point reconnects and boots again.
+    let reset = gateway
+        .command("T-000003", "Reset", json!({"type": "Immediate"}))
+        .await;
+    assert_eq!(reset["response"]["status"], "Accepted", "{reset}");
+    let summary = run.await.expect("the load runs to its end");
+    assert!(summary.run.connects >= 4, "{:?}", summary.run);
+    assert_eq!(summary.run.server_calls, 13);
+    assert!(summary.errors.is_empty(), "errors: {:?}", summary.errors);
+}
+
+#[tokio::test]
+async fn a_reconnect_storm_brings_every_charge_point_back() {
+    let gateway = TestGateway::start().await;
+    let mut options = options(
+        12,
+        profile(Scenario::Idle, Rate::Max),
+        Duration::from_secs(4),
+    );
+    options.storm_after = Some(Duration::from_millis(300));
+    let summary = load::run(connector(&gateway.url, vec![]), options, std::io::sink()).await;
+    let storm = summary.storm.expect("a storm was ordered");
+    assert_eq!(storm.dropped, 12);
+    let recovered = storm
+        .recovered_after_s
+        .expect("every charge point booted again");
+    assert!(recovered < 4.0);
+    assert_eq!(summary.run.connects, 24, "{:?}", summary.run);
+}
+
+#[tokio::test]
+async fn charge_points_connect_from_the_given_source_addresses() {
+    let gateway = TestGateway::start().await;
+    let sources = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+    let run = tokio::spawn(load::run(
+        connector(&gateway.url, sources),
+        options(
+            2,
+            profile(Scenario::Idle, Rate::Max),
+            Duration::from_secs(1),
+        ),
+        std::io::sink(),
+    ));
+    gateway.wait_connected(2).await;
+    for (id, source) in [("T-000001", "127.0.0.2:"), ("T-000002", "127.0.0.3:")] {
+        let connection = gateway.connection(id).await;
+        let peer = connection["peerAddress"].as_str().unwrap_or_default();
+        assert!(peer.starts_with(source), "{id} came from {peer}");
+    }
+    assert_clean(&run.await.unwrap());
+}
+
+#[tokio::test]
+async fn the_scripted_session_runs_a_whole_charging_session_in_every_version() {
+    let gateway = TestGateway::start().await;
+    for version in Version::ALL {
+        let options = SessionOptions {
+            id: format!("S-{version}"),
+            version,
+            script: None,
+            stay: false,
+            call_timeout: STEP,
+            meter_values: 2,
+            identity: Identity::default(),
+        };
+        let mut out = Vec::new();
+        let report = session::run(&connector(&gateway.url, vec![]), &options, &mut out)
+            .await
+            .expect("session runs");
+        let printed = String::from_utf8(out).unwrap();
+        assert_eq!(report.failed, 0, "{printed}");
+        assert_eq!(report.sent, report.answered);
+        // Boot, status, heartbeat, plug, authorize, start, two meter values, stop, unplug.
+        assert!(report.sent >= 10, "{printed}");
+        let stop = if version == Version::V16 {
+            "StopTransaction"
+        } else {
+            "\"Ended\""
+        };
+        assert!(printed.contains(stop), "{printed}");
+    }
+}
+
+#[tokio::test]
+async fn a_script_file_replaces_the_charging_session() {
+    let gateway = TestGateway::start().await;
+    let dir = std::env::temp_dir().join(format!("cpsim-script-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("script.jsonl");
+    std::fs::write(
+        &script,
+        "# two heartbeats and a DataTransfer\n[\"Heartbeat\", {}]\n\n[\"Heartbeat\", {}]\n[\"DataTransfer\", {\"vendorId\": \"acme\"}]\n",
+    )
+    .unwrap();
+    let options = SessionOptions {
+        id: "S-SCRIPT".into(),
+        version: Version::V16,
+        script: Some(session::read_script(&script).expect("script parses")),
+        stay: false,
+        call_timeout: STEP,
+        meter_values: 1,
+        identity: Identity::default(),
+    };
+    let mut out = Vec::new();
+    let report = session::run(&connector(&gateway.url, vec![]), &options, &mut out)
+        .await
+        .expect("session runs");
+    // Boot and the one connector's StatusNotification, then the script's three.
+    assert_eq!(report.sent, 5, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(report.failed, 0);
+
+    std::fs::write(&script, "[\"Heartbeat\"]\n").unwrap();
+    let error = session::read_script(&script).expect_err("a line without a payload is refused");
+    assert!(error.to_string().contains("line 1"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
