@@ -377,7 +377,7 @@ class Bench:
                 "--versions", "1.6=50,2.0.1=30,2.1=20",
                 "--scenario", "idle",
                 "--ramp-rate", str(self.settings.ramp_rate),
-                "--duration", "30s" if not self.settings.quick else "6s",
+                "--duration", "15s" if not self.settings.quick else "6s",
                 "--storm-after", "2s",
                 "--reconnect-min", "0s",
                 "--reconnect-jitter", "1s",
