@@ -62,48 +62,59 @@ impl EmbeddedSink {
         };
         let (queue, receiver) = mpsc::channel(queue_capacity);
         let last_error = Arc::new(Mutex::new(None));
-        let thread_error = last_error.clone();
-        // Writes block, and a slow disk or a full stdout pipe must not stall the runtime's
-        // workers; a thread of its own also takes serialisation off them. Handing a whole
-        // batch over costs one wake-up, where `tokio::fs` paid one per write and flush.
-        std::thread::Builder::new()
-            .name("event-writer".into())
-            .spawn(move || write_loop(receiver, writer, thread_error, metrics))?;
+        let disk = match writer {
+            // Writes block, and a slow disk or a full stdout pipe must not stall the
+            // runtime's workers: a thread of its own writes, and serialises too.
+            Some(writer) => {
+                let (jobs, job_receiver) = std::sync::mpsc::channel::<Job>();
+                std::thread::Builder::new()
+                    .name("event-writer".into())
+                    .spawn(move || write_jobs(job_receiver, writer))?;
+                Some(jobs)
+            }
+            None => None,
+        };
+        tokio::spawn(collect(receiver, disk, last_error.clone(), metrics));
         Ok(EmbeddedSink { queue, last_error })
     }
 }
 
-fn write_loop(
+/// A batch for the writer thread, and where to report how its write went.
+struct Job {
+    events: Vec<Arc<Event>>,
+    done: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// Gathers events into batches on the runtime and hands each to the writer thread.
+///
+/// Batching here rather than in the thread is what makes the batches large: this task runs
+/// after the sessions that were ready before it, so a batch holds every event they
+/// produced, and while one batch is being written the next one grows. The thread is woken
+/// once per batch, not once per event, and the acknowledgements are sent from here, which
+/// wakes the sessions without crossing threads.
+async fn collect(
     mut receiver: mpsc::Receiver<Item>,
-    mut writer: Option<Box<dyn Write + Send>>,
+    disk: Option<std::sync::mpsc::Sender<Job>>,
     last_error: Arc<Mutex<Option<String>>>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
-        buffer.clear();
-        if writer.is_some() {
-            for item in &batch {
-                if let Item::Event(event, _) = item {
-                    // Serialising our own types cannot fail; a failure would be a bug, and
-                    // must still not lose the line silently.
-                    if let Err(e) = serde_json::to_writer(&mut buffer, event.as_ref()) {
-                        tracing::error!(error = %e, "event could not be serialised");
-                    }
-                    buffer.push(b'\n');
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let events: Vec<Arc<Event>> = batch
+            .iter()
+            .filter_map(|item| match item {
+                Item::Event(event, _) => Some(event.clone()),
+                Item::Flush(_) => None,
+            })
+            .collect();
+        let result = match &disk {
+            Some(jobs) if !events.is_empty() => {
+                let (done, written) = oneshot::channel();
+                match jobs.send(Job { events, done }) {
+                    Ok(()) => written.await.unwrap_or_else(|_| Err(writer_stopped())),
+                    Err(_) => Err(writer_stopped()),
                 }
             }
-        }
-        let result = match writer.as_mut() {
-            Some(w) if !buffer.is_empty() => w.write_all(&buffer).and_then(|()| w.flush()),
             _ => Ok(()),
         };
         let outcome = result.map_err(|e| SinkError::Unavailable(e.to_string()));
@@ -125,6 +136,27 @@ fn write_loop(
                 }
             }
         }
+    }
+}
+
+fn writer_stopped() -> std::io::Error {
+    std::io::Error::other("the event writer thread stopped")
+}
+
+/// The writer thread: serialises each batch to JSON lines, then writes and flushes it.
+fn write_jobs(jobs: std::sync::mpsc::Receiver<Job>, mut writer: Box<dyn Write + Send>) {
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    while let Ok(Job { events, done }) = jobs.recv() {
+        buffer.clear();
+        for event in &events {
+            // Serialising our own types cannot fail; a failure would be a bug, and must
+            // still not lose the line silently.
+            if let Err(e) = serde_json::to_writer(&mut buffer, event.as_ref()) {
+                tracing::error!(error = %e, "event could not be serialised");
+            }
+            buffer.push(b'\n');
+        }
+        let _ = done.send(writer.write_all(&buffer).and_then(|()| writer.flush()));
     }
 }
 
