@@ -82,14 +82,16 @@ pub fn trace_id(span: &Span) -> Option<String> {
 }
 
 /// Records the span's own trace and span ids as its `trace_id` / `span_id` fields, so
-/// that every log line inside it carries them (no-op while tracing is off).
-pub fn record_ids(span: &Span) {
+/// that every log line inside it carries them (no-op while tracing is off). Returns
+/// whether the span is exported.
+pub fn record_ids(span: &Span) -> bool {
     let context = span.context();
     let span_context = context.span().span_context().clone();
     if span_context.is_valid() {
         span.record("trace_id", span_context.trace_id().to_string());
         span.record("span_id", span_context.span_id().to_string());
     }
+    span_context.is_valid()
 }
 
 /// The W3C trace context of `span` as record headers (empty while tracing is off).
