@@ -250,9 +250,11 @@ fn local_answer(
 }
 
 fn result_reply(message_id: &str, version: OcppVersion, response: &Value) -> CallReply {
-    match RawValue::from_string(response.to_string()) {
-        Ok(raw) => CallReply {
-            frame: frame::encode_call_result(message_id, &raw),
+    // Serialised straight into the frame: `[3, id, payload]` is what encode_call_result
+    // writes, without a round trip through a RawValue (which parses its input again).
+    match serde_json::to_string(&(MessageType::CallResult.number(), message_id, response)) {
+        Ok(frame) => CallReply {
+            frame,
             bad_message: false,
             error: None,
         },

@@ -503,13 +503,19 @@ where
                 span.record("rpc.method", call.action.as_str());
                 span.record("ocpp.version", self.version().subprotocol());
             }
-            let future = dispatch::handle_call(self.shared.clone(), self.info.clone(), call)
-                .instrument(span);
+            let future = dispatch::handle_call(self.shared.clone(), self.info.clone(), call);
+            // A span nobody records (the usual case below debug logging without traces)
+            // would still be entered and left at every poll.
+            let reply: ReplyFuture = if span.is_disabled() {
+                Box::pin(future)
+            } else {
+                Box::pin(future.instrument(span))
+            };
             self.in_flight = Some(Box::new(InFlight {
                 message_id,
                 action_label,
                 received,
-                reply: Box::pin(future),
+                reply,
             }));
         }
     }
