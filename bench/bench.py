@@ -209,11 +209,11 @@ class Bench:
 
     def ocpp_rpc(self):
         port = free_port()
-        folder = ROOT / "bench/peers/ocpp-rpc"
+        # Node resolves the script's packages next to it, so it runs from the root too.
+        script = ROOT / "bench/peers/ocpp-rpc/server.js"
         server = Process(
             "ocpp-rpc",
-            self.pinning.server + ["node", "server.js", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=folder,
+            self.pinning.server + ["node", str(script), "--host", "127.0.0.1", "--port", str(port)],
         )
         server.wait_listening()
         server.url = f"ws://127.0.0.1:{port}/ocpp"
@@ -221,12 +221,11 @@ class Bench:
 
     def python_ocpp(self):
         port = free_port()
-        folder = ROOT / "bench/peers/python"
+        script = ROOT / "bench/peers/python/server.py"
         server = Process(
             "python ocpp",
             self.pinning.server
-            + [os.path.abspath(self.args.python), "server.py", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=folder,
+            + [os.path.abspath(self.args.python), str(script), "--host", "127.0.0.1", "--port", str(port)],
         )
         server.wait_listening()
         server.url = f"ws://127.0.0.1:{port}/ocpp"

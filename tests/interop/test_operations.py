@@ -185,12 +185,17 @@ async def test_log_level_changes_are_logged(gateway, admin):
     status, _, text = await admin.put("/api/v1/log-level", {"level": directives})
     try:
         assert status == 200, text
+        # Earlier tests changed the level too: wait for this change's own line.
         await wait_for_lines(
             gateway,
             lambda rs: [
-                r for r in rs if r.get("message") == "log level changed" and r.get("level") == "INFO"
+                r
+                for r in rs
+                if r.get("message") == "log level changed"
+                and r.get("level") == "INFO"
+                and r.get("filter") == directives
             ],
-            "'log level changed'",
+            "'log level changed' with the new filter",
         )
         assert any(
             '"log level changed"' in line and f'"filter":"{directives}"' in line
