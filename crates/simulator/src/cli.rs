@@ -149,6 +149,10 @@ pub struct LoadArgs {
     /// Progress line interval on stderr; 0s turns progress off.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub progress: Duration,
+    /// Exit 1 when the run counted any error or not every charge point booted (for CI
+    /// jobs that gate on a clean run).
+    #[arg(long)]
+    pub fail_on_errors: bool,
 }
 
 /// Summary formats.
@@ -186,6 +190,7 @@ impl LoadArgs {
             duration: self.duration,
             warmup: self.warmup,
             storm_after: self.storm_after,
+            boot_grace: crate::load::BOOT_GRACE,
             progress_every: (!self.progress.is_zero()).then_some(self.progress),
             profile: Profile {
                 scenario: self.scenario,

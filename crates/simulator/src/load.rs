@@ -2,8 +2,8 @@
 //! once, and summarise.
 //!
 //! Timeline: charge points start at the ramp rate; the measurement window opens
-//! `warmup` after every charge point has booted (or [`BOOT_GRACE`] after the last one
-//! started, if some never boot) and lasts `duration`. Throughput, latency and error
+//! `warmup` after every charge point has booted (or `boot_grace`, by default
+//! [`BOOT_GRACE`], after the last one started, if some never boot) and lasts `duration`. Throughput, latency and error
 //! ratio are over that window; connection and error counts are over the whole run.
 
 use std::{collections::BTreeMap, io::Write, sync::Arc, time::Duration};
@@ -45,6 +45,9 @@ pub struct LoadOptions {
     pub warmup: Duration,
     /// Drop every connection this long after the window opens.
     pub storm_after: Option<Duration>,
+    /// How long after the last start the window opens anyway when not every charge point
+    /// boots ([`BOOT_GRACE`] from the command line).
+    pub boot_grace: Duration,
     /// Print a progress line this often (to the progress writer).
     pub progress_every: Option<Duration>,
     /// What each charge point does.
@@ -193,8 +196,9 @@ pub async fn run(connector: Connector, options: LoadOptions, mut progress: impl 
         }
         if window_opened.is_none() {
             if let Some(last_start) = last_started_at {
-                let ready =
-                    all_booted_at.map_or(last_start + BOOT_GRACE, |booted| booted.max(last_start));
+                let ready = all_booted_at.map_or(last_start + options.boot_grace, |booted| {
+                    booted.max(last_start)
+                });
                 if now >= ready + options.warmup {
                     stats.open_window();
                     window_opened = Some((now, stats.counters()));
@@ -351,6 +355,12 @@ fn difference(
 }
 
 impl Summary {
+    /// Whether the run was clean: every charge point booted and no error of any kind was
+    /// counted (a reconnect storm's own drops are not errors).
+    pub fn is_clean(&self) -> bool {
+        self.all_booted_after_s.is_some() && self.errors.is_empty()
+    }
+
     /// The summary as text for people.
     pub fn to_text(&self) -> String {
         let mut text = String::new();

@@ -37,6 +37,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let format = args.format;
+            let fail_on_errors = args.fail_on_errors;
             let summary = load::run(connector, options, std::io::stderr()).await;
             let mut stdout = std::io::stdout();
             match format {
@@ -47,7 +48,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     serde_json::to_string_pretty(&summary).context("summary to JSON")?
                 )?,
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if fail_on_errors && !summary.is_clean() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Session(args) => {
             let options = args.options()?;

@@ -130,6 +130,7 @@ fn options(charge_points: usize, profile: Profile, duration: Duration) -> LoadOp
         duration,
         warmup: Duration::ZERO,
         storm_after: None,
+        boot_grace: Duration::from_millis(200),
         progress_every: None,
         profile,
     }
@@ -137,6 +138,7 @@ fn options(charge_points: usize, profile: Profile, duration: Duration) -> LoadOp
 
 fn assert_clean(summary: &Summary) {
     assert!(summary.errors.is_empty(), "errors: {:?}", summary.errors);
+    assert!(summary.is_clean());
     assert_eq!(summary.window.call_errors, 0);
     assert_eq!(summary.window.call_timeouts, 0);
 }
@@ -380,4 +382,32 @@ async fn a_script_file_replaces_the_charging_session() {
     let error = session::read_script(&script).expect_err("a line without a payload is refused");
     assert!(error.to_string().contains("line 1"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_run_against_nothing_counts_refusals_and_is_not_clean() {
+    // Bind then drop: nothing listens on the port afterwards.
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let summary = load::run(
+        connector(&format!("ws://127.0.0.1:{port}/ocpp"), vec![]),
+        options(
+            3,
+            profile(Scenario::Idle, Rate::Max),
+            Duration::from_millis(200),
+        ),
+        std::io::sink(),
+    )
+    .await;
+    assert!(!summary.is_clean());
+    assert_eq!(summary.all_booted_after_s, None);
+    assert!(
+        summary.errors["connect_refused"] >= 3,
+        "{:?}",
+        summary.errors
+    );
 }
