@@ -493,7 +493,7 @@ impl State {
                 .calls_answered
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.stats
-                .record_latency(self.index, pending.intended.elapsed());
+                .record_latency(self.index, pending.intended.into_std());
         }
         if pending.purpose == Purpose::Boot {
             self.on_boot_answer(link, payload);

@@ -9,7 +9,7 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Mutex, MutexGuard,
     },
-    time::Duration,
+    time::Instant,
 };
 
 use hdrhistogram::Histogram;
@@ -50,6 +50,10 @@ pub struct Stats {
     pub disconnects: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     shards: Vec<Mutex<Shard>>,
+    /// What window start times are measured from.
+    epoch: Instant,
+    /// When the window opened, in nanoseconds after `epoch`; `u64::MAX` until then.
+    window_start_ns: AtomicU64,
 }
 
 struct Shard {
@@ -81,6 +85,8 @@ impl Default for Stats {
                     })
                 })
                 .collect(),
+            epoch: Instant::now(),
+            window_start_ns: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -148,13 +154,20 @@ impl Stats {
         lock(&self.errors).clone()
     }
 
-    /// Records one CALL→answer latency; `shard` spreads lock traffic (the charge point's index).
-    pub fn record_latency(&self, shard: usize, latency: Duration) {
-        let micros = (latency.as_micros() as u64).clamp(LOWEST_US, HIGHEST_US);
+    /// Records the latency of a CALL meant to be sent at `intended` and answered now;
+    /// `shard` spreads lock traffic (the charge point's index). The window's histogram only
+    /// takes CALLs scheduled after the window opened, so answers to CALLs still in flight
+    /// from the ramp do not count as the window's latency.
+    pub fn record_latency(&self, shard: usize, intended: Instant) {
+        let micros = (intended.elapsed().as_micros() as u64).clamp(LOWEST_US, HIGHEST_US);
+        let scheduled_ns = intended.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let in_window = scheduled_ns >= self.window_start_ns.load(Relaxed);
         let mut shard = lock(&self.shards[shard % SHARDS]);
         // Both saturate at the highest trackable value; recording cannot fail after clamping.
         let _ = shard.interval.record(micros);
-        let _ = shard.window.record(micros);
+        if in_window {
+            let _ = shard.window.record(micros);
+        }
     }
 
     /// Latencies since the previous call, merged over the shards.
@@ -177,8 +190,10 @@ impl Stats {
         merged
     }
 
-    /// Forgets the latencies recorded so far: the measurement window starts now.
+    /// The measurement window starts now: latencies of CALLs scheduled from now on count.
     pub fn open_window(&self) {
+        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        self.window_start_ns.store(now_ns, Relaxed);
         for shard in &self.shards {
             lock(shard).window.reset();
         }
@@ -251,16 +266,23 @@ impl Percentiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn latencies_merge_across_shards_and_windows_reset() {
+    fn latencies_merge_across_shards_and_only_calls_scheduled_in_the_window_count() {
         let stats = Stats::default();
-        for i in 0..100u64 {
-            stats.record_latency(i as usize, Duration::from_micros(1000 + i));
+        let before_window = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        stats.open_window();
+        let in_window = Instant::now();
+        for i in 0..100 {
+            stats.record_latency(i, in_window);
         }
+        // Scheduled before the window opened: the progress interval sees it, the window not.
+        stats.record_latency(0, before_window);
         let interval = Percentiles::of(&stats.take_interval());
-        assert_eq!(interval.count, 100);
-        assert!((interval.p50 - 1.05).abs() < 0.01, "{interval:?}");
+        assert_eq!(interval.count, 101);
+        assert!(interval.max >= 2.0, "{interval:?}");
         assert_eq!(stats.take_interval().len(), 0, "an interval is taken once");
         assert_eq!(stats.window().len(), 100);
         stats.open_window();
