@@ -91,14 +91,12 @@ def shutil_which(name):
 class Process:
     """A server under test: started, waited for, measured, stopped."""
 
-    def __init__(self, name, command, env=None, cwd=None):
+    def __init__(self, name, command, env=None):
         self.name = name
         self.command = command
-        self.cwd = cwd
         log(f"starting {name}: {shlex.join(command)}")
         self.proc = subprocess.Popen(
             command,
-            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -195,41 +193,39 @@ class Bench:
         server.env_note = " ".join(f"{k}={v}" for k, v in env.items())
         return server
 
-    def echo(self):
-        port = free_port()
-        server = Process(
-            "echo",
-            self.pinning.server + [str(self.bin / "bench-echo-server"), "--listen", f"127.0.0.1:{port}"],
-        )
+    def peer(self, name, command, port, simulator_flags=()):
+        """Starts a peer server that prints `listening on ...` once it accepts connections."""
+        server = Process(name, self.pinning.server + command)
         server.wait_listening()
         server.url = f"ws://127.0.0.1:{port}/ocpp"
-        # The echo server sends every CALL back: count that as its answer.
-        server.simulator_flags = ["--echo-baseline"]
+        server.simulator_flags = list(simulator_flags)
         return server
+
+    def echo(self):
+        port = free_port()
+        return self.peer(
+            "echo",
+            [str(self.bin / "bench-echo-server"), "--listen", f"127.0.0.1:{port}"],
+            port,
+            # The echo server sends every CALL back: count that as its answer.
+            simulator_flags=["--echo-baseline"],
+        )
 
     def ocpp_rpc(self):
         port = free_port()
         # Node resolves the script's packages next to it, so it runs from the root too.
         script = ROOT / "bench/peers/ocpp-rpc/server.js"
-        server = Process(
-            "ocpp-rpc",
-            self.pinning.server + ["node", str(script), "--host", "127.0.0.1", "--port", str(port)],
+        return self.peer(
+            "ocpp-rpc", ["node", str(script), "--host", "127.0.0.1", "--port", str(port)], port
         )
-        server.wait_listening()
-        server.url = f"ws://127.0.0.1:{port}/ocpp"
-        return server
 
     def python_ocpp(self):
         port = free_port()
         script = ROOT / "bench/peers/python/server.py"
-        server = Process(
-            "python ocpp",
-            self.pinning.server
-            + [os.path.abspath(self.args.python), str(script), "--host", "127.0.0.1", "--port", str(port)],
+        python = os.path.abspath(self.args.python)
+        return self.peer(
+            "python ocpp", [python, str(script), "--host", "127.0.0.1", "--port", str(port)], port
         )
-        server.wait_listening()
-        server.url = f"ws://127.0.0.1:{port}/ocpp"
-        return server
 
     def tansu(self):
         port = free_port()
@@ -604,8 +600,6 @@ def report(results, bench, quick):
     for _, server, _ in bench.commands:
         env = getattr(server, "env_note", "")
         line = generic(f"{env + ' ' if env else ''}{shlex.join(server.command)}", bench)
-        if server.cwd:
-            line = f"(cd {Path(server.cwd).relative_to(ROOT)} && {line})"
         if line not in seen:
             seen.append(line)
             add(line)

@@ -89,6 +89,17 @@ impl Configuration {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(|(value, _)| value.as_str())
     }
+
+    /// Sets a writable value: `Some(true)` when stored, `Some(false)` when read-only,
+    /// `None` when the key is unknown.
+    fn set(&mut self, key: &str, value: &str) -> Option<bool> {
+        self.values.get_mut(key).map(|(stored, readonly)| {
+            if !*readonly {
+                *stored = value.to_owned();
+            }
+            !*readonly
+        })
+    }
 }
 
 /// Answers a CALL from the central system.
@@ -142,12 +153,9 @@ fn change_configuration(payload: &Value, configuration: &mut Configuration) -> A
         .get("value")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let status = match configuration.values.get_mut(key) {
-        Some((_, true)) => "Rejected",
-        Some((stored, false)) => {
-            *stored = value.to_owned();
-            "Accepted"
-        }
+    let status = match configuration.set(key, value) {
+        Some(true) => "Accepted",
+        Some(false) => "Rejected",
         None => "NotSupported",
     };
     Answer::Result(json!({ "status": status }))
@@ -211,12 +219,9 @@ fn set_variables(payload: &Value, configuration: &mut Configuration) -> Answer {
                 .get("attributeValue")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            let status = match configuration.values.get_mut(&key) {
-                Some((_, true)) => "Rejected",
-                Some((stored, false)) => {
-                    *stored = value.to_owned();
-                    "Accepted"
-                }
+            let status = match configuration.set(&key, value) {
+                Some(true) => "Accepted",
+                Some(false) => "Rejected",
                 None => "UnknownVariable",
             };
             json!({
