@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use crate::{
     commands::{self, CommandRejected},
     gateway::Shared,
+    handshake::check_charge_point_id,
     metrics::any_version_action_label,
     session::{CallOutcome, QueueMode, SessionHandle},
 };
@@ -67,7 +68,7 @@ async fn require_token(
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+            .and_then(bearer_credentials);
         if !presented
             .is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes()))
         {
@@ -80,6 +81,15 @@ async fn require_token(
         }
     }
     next.run(request).await
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme is matched
+/// case-insensitively (RFC 7235 2.1).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim_start())
 }
 
 /// Compares without leaking, through timing, how much of the token matched.
@@ -122,6 +132,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "components": {
             "listener": listener,
             "eventSink": shared.sink_health(),
+            "commandConsumer": shared.bus.as_ref().map(|bus| bus.command_consumer_health()),
             "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
         },
     });
@@ -386,6 +397,12 @@ async fn start_debug_trace(
     Path(id): Path<String>,
     body: Result<Json<DebugTraceRequest>, JsonRejection>,
 ) -> Response {
+    if let Err(refusal) =
+        check_charge_point_id(&id, shared.config.listener.max_charge_point_id_length)
+    {
+        // No charge point can connect under this id, so a trace for it would never log.
+        return error(StatusCode::BAD_REQUEST, refusal.to_string());
+    }
     let minutes = match body {
         Ok(Json(request)) if (1..=MAX_DEBUG_TRACE_MINUTES).contains(&request.minutes) => {
             request.minutes
@@ -421,4 +438,18 @@ async fn list_debug_traces(State(shared): State<Arc<Shared>>) -> Json<Value> {
         .map(|(id, until)| json!({ "chargePointId": id, "until": until }))
         .collect();
     Json(json!({ "debugTraces": traces }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_credentials;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "  Bearer   abc"] {
+            assert_eq!(bearer_credentials(value), Some("abc"), "{value}");
+        }
+        assert_eq!(bearer_credentials("Basic abc"), None);
+        assert_eq!(bearer_credentials("Bearer"), None);
+    }
 }

@@ -166,6 +166,24 @@ pub struct EventsConfig {
     pub queue_capacity: usize,
     /// Actions whose CALLRESULT is sent only after their event is durable in the sink.
     pub durable_actions: Vec<String>,
+    /// Whether a batch of events written to `events.file` is synced to disk before it is
+    /// acknowledged. `off`: written and flushed to the operating system, which survives
+    /// a crash of the gateway but not of the machine.
+    pub fsync: Fsync,
+    /// How long every write may keep failing (a full disk, a closed stdout) before the
+    /// gateway reports itself not ready; the first successful write makes it ready again.
+    #[serde(with = "humantime_serde")]
+    pub unready_after: Duration,
+}
+
+/// When the embedded sink syncs the events file to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// Never: durable means written to the operating system.
+    Off,
+    /// Once per batch (group commit), before its events are acknowledged.
+    PerBatch,
 }
 
 /// The admin HTTP API.
@@ -177,6 +195,13 @@ pub struct AdminConfig {
     /// When set, `/api/v1/...` requires `Authorization: Bearer <token>` (health
     /// endpoints stay open for probes).
     pub api_token: Option<String>,
+    /// Most open connections; the last few places serve only health probes, further
+    /// connections are closed at once.
+    pub max_connections: usize,
+    /// Time a client has to send a request's head or body, and may stay idle between
+    /// requests, before its connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 /// The Prometheus metrics endpoint.
@@ -187,6 +212,11 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Address of the metrics listener.
     pub address: SocketAddr,
+    /// Most open connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Time a scraper has to send a request, and may stay idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for MetricsConfig {
@@ -194,6 +224,8 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             address: ([0, 0, 0, 0], 9090).into(),
+            max_connections: 32,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -257,6 +289,19 @@ pub struct KafkaConfig {
     /// A command id seen again within this window is not sent to the charge point again.
     #[serde(with = "humantime_serde")]
     pub command_dedup_window: Duration,
+    /// The command consumer's group session timeout: how long the group waits for a
+    /// member that stopped answering before its partitions go to another member.
+    #[serde(with = "humantime_serde")]
+    pub command_session_timeout: Duration,
+    /// Join the command consumer group as a static member (`group.instance.id` =
+    /// `node_id`), so that a gateway restarted under the same node id takes its partitions
+    /// back at once instead of waiting for the session timeout. Node ids must then be
+    /// unique among the gateways of a group.
+    pub static_membership: bool,
+    /// How long every delivery may keep failing while the brokers answer before the
+    /// gateway reports itself not ready.
+    #[serde(with = "humantime_serde")]
+    pub unready_after: Duration,
     /// Extra librdkafka settings for the producer (e.g. security, batching). The
     /// delivery guarantees stay the gateway's: `acks`, `enable.idempotence`,
     /// `message.timeout.ms`, `queue.buffering.max.messages` are always set by it.
@@ -318,6 +363,9 @@ impl Default for KafkaConfig {
             command_group: "charge-point-gateway".to_owned(),
             max_concurrent_commands: 1000,
             command_dedup_window: Duration::from_secs(600),
+            command_session_timeout: Duration::from_secs(10),
+            static_membership: false,
+            unready_after: Duration::from_secs(5),
             producer: Default::default(),
             consumer: Default::default(),
         }
@@ -455,6 +503,8 @@ impl Default for EventsConfig {
             ]
             .map(String::from)
             .to_vec(),
+            fsync: Fsync::Off,
+            unready_after: Duration::from_secs(5),
         }
     }
 }
@@ -464,6 +514,8 @@ impl Default for AdminConfig {
         Self {
             address: ([0, 0, 0, 0], 8081).into(),
             api_token: None,
+            max_connections: 128,
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -604,6 +656,30 @@ impl Config {
                 "session.pong_timeout",
                 "must be greater than zero while pings are on",
             );
+        }
+        if self.admin.max_connections < 8 {
+            return invalid("admin.max_connections", "must be at least 8");
+        }
+        if self.admin.idle_timeout.is_zero() {
+            return invalid("admin.idle_timeout", "must be greater than zero");
+        }
+        if self.metrics.max_connections == 0 {
+            return invalid("metrics.max_connections", "must be at least 1");
+        }
+        if self.metrics.idle_timeout.is_zero() {
+            return invalid("metrics.idle_timeout", "must be greater than zero");
+        }
+        if !(6..=300).contains(&self.kafka.command_session_timeout.as_secs()) {
+            return invalid(
+                "kafka.command_session_timeout",
+                "must be between 6s and 300s",
+            );
+        }
+        if self.kafka.unready_after.is_zero() {
+            return invalid("kafka.unready_after", "must be greater than zero");
+        }
+        if self.events.unready_after.is_zero() {
+            return invalid("events.unready_after", "must be greater than zero");
         }
         if session.bad_message_limit == 0 {
             return invalid("session.bad_message_limit", "must be at least 1");

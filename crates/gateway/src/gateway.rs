@@ -16,29 +16,27 @@ use tokio::{
     net::{TcpListener, TcpStream},
     time::Instant,
 };
-use tokio_tungstenite::tungstenite::{
-    handshake::server::{ErrorResponse, Request, Response},
-    http::HeaderValue,
-    protocol::WebSocketConfig,
-};
+use tokio_tungstenite::tungstenite::{http::Request, protocol::WebSocketConfig};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
     admin,
     config::{Config, EventOutput},
     event::Event,
     handshake::{Accepted, HandshakePolicy, Refusal},
+    http_server::{self, HttpLimits},
     kafka::{self, replies::ReplyRouter, KafkaBus, KafkaSink},
     metrics::{Metrics, ResultLabels},
     registry::Registry,
     responder::LocalResponder,
     session::{self, ConnectionInfo, SessionHandle},
     sink::{
-        embedded::{EmbeddedSink, Output},
+        embedded::{EmbeddedOptions, EmbeddedSink, Output},
         ring::EventRing,
         ComponentHealth, Delivery, EventSink, SinkError,
     },
+    upgrade::UpgradeError,
 };
 
 /// How long shutdown waits for sessions beyond the drain time before giving up on them.
@@ -107,15 +105,17 @@ impl Shared {
         if !self.listening.load(Ordering::Relaxed) {
             return Err("OCPP listener not bound".to_owned());
         }
-        if self.bus.is_some() && !self.backend_actions.is_empty() && !self.replies.is_assigned() {
-            return Err("backend reply consumer not assigned yet".to_owned());
-        }
+        // The sink first: with Kafka it is the broker, and the reply consumer below waits
+        // for the same broker, so its state would hide the real cause.
         let sink = self.sink.health();
         if sink.status == "down" {
             return Err(format!(
                 "event sink down: {}",
                 sink.detail.unwrap_or_default()
             ));
+        }
+        if self.bus.is_some() && !self.backend_actions.is_empty() && !self.replies.is_assigned() {
+            return Err("backend reply consumer not assigned yet".to_owned());
         }
         Ok(())
     }
@@ -146,6 +146,74 @@ pub struct Gateway {
     ocpp_listener: TcpListener,
     admin_listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    ocpp_sockets: SocketBudget,
+}
+
+/// Health probes keep this many of the admin listener's places.
+const ADMIN_PROBE_PLACES: usize = 4;
+/// Largest admin API request body (a command with its payload), in bytes.
+const ADMIN_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest request body the metrics listener reads (scrapes have none).
+const METRICS_MAX_BODY_BYTES: usize = 16 * 1024;
+/// Open files the process needs besides sockets: the events file, log output, Kafka's
+/// broker connections, the runtime's own descriptors.
+const OTHER_FILES: u64 = 64;
+
+/// How many charge point sockets (upgraded or still in their handshake) may be open at
+/// once, so that charge points can never take the file descriptors that the admin and
+/// metrics listeners, and the rest of the process, need.
+#[derive(Debug, Clone)]
+struct SocketBudget {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
+}
+
+/// One charge point socket counted against the budget, for as long as it is open.
+struct SocketSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl SocketBudget {
+    /// The budget under the process's open-file limit (raised to its hard limit first),
+    /// less what the admin and metrics listeners and the rest of the process may hold.
+    fn from_open_file_limit(config: &Config) -> SocketBudget {
+        let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(files) => {
+                let reserve = OTHER_FILES
+                    + config.admin.max_connections as u64
+                    + config.metrics.max_connections as u64;
+                let limit = files.saturating_sub(reserve) as usize;
+                if limit < config.listener.max_connections {
+                    warn!(
+                        open_file_limit = files,
+                        reserved = reserve,
+                        max_connections = config.listener.max_connections,
+                        "the open-file limit leaves room for fewer charge point sockets than listener.max_connections; raise the limit (ulimit -n)"
+                    );
+                }
+                limit
+            }
+            Err(e) => {
+                warn!(error = %e, "the open-file limit cannot be read; charge point sockets are not budgeted");
+                usize::MAX
+            }
+        };
+        SocketBudget {
+            open: Default::default(),
+            limit,
+        }
+    }
+
+    /// A slot for a newly accepted socket, or `None` when the budget is spent.
+    fn take(&self) -> Option<SocketSlot> {
+        let taken = self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = SocketSlot(self.open.clone());
+        (taken < self.limit).then_some(slot)
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why the gateway could not start.
@@ -186,7 +254,12 @@ impl Gateway {
             let sink = Arc::new(KafkaSink::new(bus.clone()));
             return Gateway::bind_parts(config, sink, Some(bus), metrics).await;
         }
-        let sink = EmbeddedSink::start(output, config.events.queue_capacity, metrics.clone())
+        let options = EmbeddedOptions {
+            queue_capacity: config.events.queue_capacity,
+            fsync: config.events.fsync,
+            unready_after: config.events.unready_after,
+        };
+        let sink = EmbeddedSink::start(output, options, metrics.clone())
             .await
             .map_err(StartError::EventOutput)?;
         Gateway::bind_parts(config, Arc::new(sink), None, metrics).await
@@ -216,6 +289,7 @@ impl Gateway {
             true => Some(bind("metrics", config.metrics.address).await?),
             false => None,
         };
+        let ocpp_sockets = SocketBudget::from_open_file_limit(&config);
         let shared = Arc::new(Shared {
             metrics,
             debug_traces: Default::default(),
@@ -237,6 +311,7 @@ impl Gateway {
             ocpp_listener,
             admin_listener,
             metrics_listener,
+            ocpp_sockets,
         })
     }
 
@@ -274,6 +349,7 @@ impl Gateway {
             ocpp_listener,
             admin_listener,
             metrics_listener,
+            ocpp_sockets,
         } = self;
         info!(address = %ocpp_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ocpp listener bound");
         info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener bound");
@@ -289,33 +365,40 @@ impl Gateway {
         let sessions = TaskTracker::new();
         shared.listening.store(true, Ordering::Relaxed);
 
-        let admin_task = tokio::spawn({
-            let router = admin::router(shared.clone());
-            let stop_admin = stop_admin.clone();
-            async move {
-                let served = axum::serve(admin_listener, router)
-                    .with_graceful_shutdown(async move { stop_admin.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    error!(error = %e, "admin API failed");
-                }
-            }
-        });
+        let admin_limits = HttpLimits {
+            max_connections: shared.config.admin.max_connections,
+            probe_places: ADMIN_PROBE_PLACES,
+            idle_timeout: shared.config.admin.idle_timeout,
+            max_body_bytes: ADMIN_MAX_BODY_BYTES,
+        };
+        let admin_task = tokio::spawn(http_server::serve(
+            admin_listener,
+            admin::router(shared.clone()),
+            admin_limits,
+            "admin",
+            shared.metrics.clone(),
+            stop_admin.clone(),
+        ));
         if let Some(listener) = metrics_listener {
             info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listener bound");
-            let router = crate::metrics::server::router(shared.clone());
-            let stop_admin = stop_admin.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop_admin.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    error!(error = %e, "metrics endpoint failed");
-                }
-            });
+            let limits = HttpLimits {
+                max_connections: shared.config.metrics.max_connections,
+                probe_places: 0,
+                idle_timeout: shared.config.metrics.idle_timeout,
+                max_body_bytes: METRICS_MAX_BODY_BYTES,
+            };
+            tokio::spawn(http_server::serve(
+                listener,
+                crate::metrics::server::router(shared.clone()),
+                limits,
+                "metrics",
+                shared.metrics.clone(),
+                stop_admin.clone(),
+            ));
         }
         let accept_task = tokio::spawn(accept_loop(
             ocpp_listener,
+            ocpp_sockets,
             shared.clone(),
             sessions.clone(),
             stop_accepting.clone(),
@@ -415,6 +498,7 @@ async fn drain_sessions(shared: &Shared) {
 
 async fn accept_loop(
     listener: TcpListener,
+    budget: SocketBudget,
     shared: Arc<Shared>,
     sessions: TaskTracker,
     stop: CancellationToken,
@@ -426,8 +510,24 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = budget.take() else {
+                    // Closed before reading anything: answering would need the very
+                    // descriptors this keeps for the rest of the process.
+                    shared
+                        .metrics
+                        .connection_attempts
+                        .get_or_create(&ResultLabels {
+                            result: "at_capacity",
+                        })
+                        .inc();
+                    crate::warn_limited!(%peer, limit = budget.limit, "charge point socket closed at once: the open-file budget is spent");
+                    continue;
+                };
                 let shared = shared.clone();
-                sessions.spawn(async move { serve_connection(stream, peer, shared).await });
+                sessions.spawn(async move {
+                    serve_connection(stream, peer, shared).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 // Usually EMFILE: back off briefly instead of spinning.
@@ -493,14 +593,13 @@ async fn upgrade(
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(listener_config.read_buffer_size)
         .write_buffer_size(0)
+        // Only a peer that does not read lets frames pile up here; past this bound a
+        // write fails and the session ends, instead of memory growing.
+        .max_write_buffer_size(listener_config.max_message_size.max(1 << 20) * 2)
         .max_message_size(Some(listener_config.max_message_size))
         .max_frame_size(Some(listener_config.max_message_size));
-
-    let mut decision: Option<Result<Accepted, Refusal>> = None;
-    // The callback's signature is tungstenite's; its error type is an HTTP response.
-    #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
-        let verdict = if shared.draining.load(Ordering::Relaxed) {
+    let decide = |request: &Request<()>| {
+        if shared.draining.load(Ordering::Relaxed) {
             Err(Refusal::ShuttingDown)
         } else if shared.registry.len() >= listener_config.max_connections
             && !replaces_own_connection(shared, request.uri().path(), &policy)
@@ -508,53 +607,34 @@ async fn upgrade(
             Err(Refusal::AtCapacity)
         } else {
             policy.negotiate(request)
-        };
-        let result = match &verdict {
-            Ok(accepted) => {
-                if !accepted.fallback {
-                    response.headers_mut().insert(
-                        tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
-                        HeaderValue::from_static(accepted.version.subprotocol()),
-                    );
-                }
-                Ok(response)
-            }
-            Err(refusal) => Err(refusal.to_response()),
-        };
-        decision = Some(verdict);
-        result
+        }
     };
-    let upgrade = tokio::time::timeout(
+    let upgraded = tokio::time::timeout(
         listener_config.handshake_timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)),
+        crate::upgrade::upgrade(stream, peer, ws_config, decide),
     )
     .await;
     let attempts = &shared.metrics.connection_attempts;
     let attempt = |result| attempts.get_or_create(&ResultLabels { result }).inc();
-    let ws = match upgrade {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            match decision {
-                Some(Err(refusal)) => {
-                    attempt(refusal.label());
-                    info!(%peer, reason = refusal.label(), error = %refusal, "connection refused")
-                }
-                _ => {
-                    attempt("handshake_failed");
-                    debug!(%peer, error = %e, "WebSocket handshake failed")
-                }
-            }
-            return None;
+    match upgraded {
+        Ok(Ok((ws, accepted))) => {
+            attempt("accepted");
+            Some((ws, accepted))
+        }
+        Ok(Err(UpgradeError::Refused(refusal))) => {
+            attempt(refusal.label());
+            info!(%peer, reason = refusal.label(), error = %refusal, "connection refused");
+            None
+        }
+        Ok(Err(UpgradeError::Io(e))) => {
+            attempt("handshake_failed");
+            debug!(%peer, error = %e, "WebSocket handshake failed");
+            None
         }
         Err(_) => {
             attempt("handshake_timeout");
             debug!(%peer, "WebSocket handshake timed out");
-            return None;
+            None
         }
-    };
-    attempt("accepted");
-    match decision {
-        Some(Ok(accepted)) => Some((ws, accepted)),
-        _ => None,
     }
 }

@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod event;
 pub mod gateway;
 pub mod handshake;
+pub mod http_server;
 pub mod kafka;
 pub mod metrics;
 pub mod registry;
@@ -21,6 +22,7 @@ pub mod responder;
 pub mod session;
 pub mod sink;
 pub mod telemetry;
+pub mod upgrade;
 
 pub use config::Config;
 pub use gateway::{Gateway, Shared, StartError};

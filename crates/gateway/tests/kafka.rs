@@ -340,6 +340,9 @@ async fn every_command_gets_exactly_one_result() {
         ("c7", "invalid"),
         ("c9", "completed"),
         ("c10", "invalid"),
+        // An empty commandId gets the result the docs promise, so that whoever produced
+        // the record learns why nothing happened.
+        ("", "invalid"),
     ];
     let results = broker
         .read_until("ocpp.command-results", |records| {
@@ -360,9 +363,10 @@ async fn every_command_gets_exactly_one_result() {
         );
     }
     let by_id = results_by_id(&results);
-    assert!(
-        !by_id.contains_key(""),
-        "a command without an id gets no result"
+    assert_eq!(
+        by_id[""][0]["data"]["error"]["description"], "commandId must not be empty",
+        "{:?}",
+        by_id[""]
     );
     let timeouts =
         r#"ocppgw_commands_total{source="kafka",action="GetConfiguration",outcome="timeout"}"#;

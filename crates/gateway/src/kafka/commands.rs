@@ -161,6 +161,7 @@ pub async fn run(shared: Arc<Shared>, bus: Arc<KafkaBus>, stop: CancellationToke
         match run_once(&shared, &bus, &dedup, &stop, commands_topic).await {
             Ok(()) => return,
             Err(e) => {
+                bus.set_command_consumer_error(e.clone());
                 warn!(error = %e, "command consumer not running; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -180,8 +181,11 @@ async fn run_once(
 ) -> Result<(), String> {
     let config = bus.config();
     let mut client = client_config(config, &config.consumer);
+    let session_timeout = config.command_session_timeout.as_millis();
     client
         .set("group.id", &config.command_group)
+        .set("session.timeout.ms", session_timeout.to_string())
+        .set("heartbeat.interval.ms", (session_timeout / 5).to_string())
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
@@ -189,6 +193,12 @@ async fn run_once(
             "statistics.interval.ms",
             super::stats::STATISTICS_INTERVAL_MS,
         );
+    // A gateway that crashed and restarts under the same node id rejoins as the same
+    // static member: the group hands its partitions back without waiting for the dead
+    // member's session to expire.
+    if config.static_membership {
+        client.set("group.instance.id", &shared.config.node_id);
+    }
     let consumer: Arc<StreamConsumer<super::stats::StatsContext>> = Arc::new(
         client
             .create_with_context(super::stats::StatsContext::new(shared.metrics.clone()))
@@ -197,6 +207,8 @@ async fn run_once(
     consumer
         .subscribe(&[&config.topics.commands])
         .map_err(|e| e.to_string())?;
+    bus.set_command_consumer(Some(consumer.clone()));
+    let _clear = ClearOnDrop(bus.clone());
     info!(topic = %config.topics.commands, group = %config.command_group, "command consumer subscribed");
     let limit = config.max_concurrent_commands;
     let slots = Arc::new(Semaphore::new(limit));
@@ -314,6 +326,15 @@ async fn run_once(
     Ok(())
 }
 
+/// Takes the consumer out of the bus's view when `run_once` ends, however it ends.
+struct ClearOnDrop(Arc<KafkaBus>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.set_command_consumer(None);
+    }
+}
+
 /// Handles one record; `None` when no result is owed (a duplicate, or no command id).
 async fn handle(
     shared: &Shared,
@@ -368,12 +389,6 @@ async fn handle(
             };
         }
     };
-    if command.command_id.is_empty() {
-        crate::warn_limited!(
-            "command record has an empty commandId; skipped (its result could not be matched)"
-        );
-        return None;
-    }
     if !dedup
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -394,6 +409,15 @@ async fn handle(
             completed_at: Utc::now(),
             gateway_node: node.clone(),
         };
+    // The producer of the record learns why nothing happened; an empty id is remembered
+    // like any other, so only its first sighting gets this result.
+    if command.command_id.is_empty() {
+        return Some(invalid(
+            String::new(),
+            &body,
+            "commandId must not be empty".to_owned(),
+        ));
+    }
     if !command.payload.is_object() {
         return Some(invalid(
             command.command_id.clone(),

@@ -36,7 +36,7 @@ use stats::StatsContext;
 use crate::{
     config::KafkaConfig,
     metrics::{Metrics, TopicLabels, TopicOutcomeLabels},
-    sink::SinkError,
+    sink::{SinkError, WriteFailures},
 };
 
 /// How often the bus checks that the brokers answer.
@@ -61,6 +61,18 @@ pub struct KafkaBus {
     connected: AtomicBool,
     topics_ready: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Deliveries that keep failing while the brokers answer (a broker that restarted
+    /// empty, a topic that is gone) make the bus unready, like an unreachable broker.
+    deliveries: Mutex<WriteFailures>,
+    /// The command consumer while it runs, for `/health`.
+    command_consumer: Mutex<CommandConsumerSlot>,
+}
+
+/// What `/health` knows of the command consumer.
+#[derive(Default)]
+struct CommandConsumerSlot {
+    consumer: Option<Arc<rdkafka::consumer::StreamConsumer<StatsContext>>>,
+    last_error: Option<String>,
 }
 
 /// The bus could not be set up (a configuration problem).
@@ -112,6 +124,8 @@ impl KafkaBus {
             connected: AtomicBool::new(false),
             topics_ready: AtomicBool::new(!config.create_topics),
             last_error: Mutex::new(Some("not connected yet".to_owned())),
+            deliveries: Mutex::new(WriteFailures::new(config.unready_after)),
+            command_consumer: Mutex::new(CommandConsumerSlot::default()),
         }))
     }
 
@@ -158,10 +172,20 @@ impl KafkaBus {
     /// Replaces `failed` with a new producer when `error` shows that its idempotence
     /// state is lost (once: callers that saw the same failed instance do not replace its
     /// successor).
+    ///
+    /// A record that timed out while the brokers answer counts too: a broker that
+    /// restarted without its state answers the producer's id with `UnknownProducerId`
+    /// for ever, and librdkafka only bumps the epoch locally and retries until every
+    /// record times out, never asking for a new id. A new instance gets one.
     fn recover_from_fatal(&self, failed: &Arc<FutureProducer<StatsContext>>, error: &KafkaError) {
         let (code, reason) = match failed.client().fatal_error() {
             Some(fatal) => fatal,
             None => match error.rdkafka_error_code() {
+                Some(code @ RDKafkaErrorCode::MessageTimedOut)
+                    if self.connected.load(Ordering::Relaxed) =>
+                {
+                    (code, error.to_string())
+                }
                 Some(
                     code @ (RDKafkaErrorCode::ProducerFenced
                     | RDKafkaErrorCode::InvalidProducerEpoch
@@ -186,6 +210,61 @@ impl KafkaBus {
         }
     }
 
+    pub(crate) fn set_command_consumer(
+        &self,
+        consumer: Option<Arc<rdkafka::consumer::StreamConsumer<StatsContext>>>,
+    ) {
+        let mut slot = self
+            .command_consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if consumer.is_some() {
+            slot.last_error = None;
+        }
+        slot.consumer = consumer;
+    }
+
+    pub(crate) fn set_command_consumer_error(&self, error: String) {
+        self.command_consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error = Some(error);
+    }
+
+    /// The command consumer's state for `/health`: `assigned` with its partitions,
+    /// `waiting_for_assignment` (subscribed, the group has not given it partitions yet, or
+    /// another member holds them all), or `down` with the reason it is not running.
+    pub fn command_consumer_health(&self) -> serde_json::Value {
+        use rdkafka::consumer::Consumer;
+        let slot = self
+            .command_consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &slot.consumer {
+            Some(consumer) => {
+                let partitions: Vec<i32> = consumer
+                    .assignment()
+                    .map(|list| list.elements().iter().map(|p| p.partition()).collect())
+                    .unwrap_or_default();
+                let status = if partitions.is_empty() {
+                    "waiting_for_assignment"
+                } else {
+                    "assigned"
+                };
+                serde_json::json!({
+                    "status": status,
+                    "group": self.config.command_group,
+                    "partitions": partitions,
+                })
+            }
+            None => serde_json::json!({
+                "status": "down",
+                "group": self.config.command_group,
+                "detail": slot.last_error.clone().unwrap_or_else(|| "not started".to_owned()),
+            }),
+        }
+    }
+
     /// Records produced and not yet acknowledged (at most `kafka.max_in_flight`).
     pub fn in_flight(&self) -> usize {
         self.config.max_in_flight - self.in_flight.available_permits()
@@ -197,10 +276,22 @@ impl KafkaBus {
     }
 
     /// Whether the brokers answered the last check (and topics exist, when the gateway
-    /// creates them), or why not.
+    /// creates them), and deliveries have not kept failing for `kafka.unready_after`; or
+    /// why not.
     pub fn readiness(&self) -> Result<(), String> {
         if self.connected.load(Ordering::Relaxed) && self.topics_ready.load(Ordering::Relaxed) {
-            Ok(())
+            let deliveries = self
+                .deliveries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .health(std::time::Instant::now());
+            match deliveries.status {
+                "down" => Err(format!(
+                    "Kafka deliveries failing: {}",
+                    deliveries.detail.unwrap_or_default()
+                )),
+                _ => Ok(()),
+            }
         } else {
             Err(self
                 .last_error
@@ -286,6 +377,13 @@ impl KafkaBus {
                 Err(_) => Err(SinkError::Closed),
             };
             bus.count(topic_label, event_type, outcome.is_ok(), started);
+            {
+                let mut deliveries = bus.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+                match &outcome {
+                    Ok(()) => deliveries.succeeded(),
+                    Err(e) => deliveries.failed(e.to_string(), std::time::Instant::now()),
+                }
+            }
             if outcome.is_err() {
                 span.record("otel.status_code", "error");
             }
@@ -330,17 +428,36 @@ impl KafkaBus {
     pub async fn monitor(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let bus = self.clone();
+            let topics = self.topic_names();
             let checked = tokio::task::spawn_blocking(move || {
                 bus.producer()
                     .client()
                     .fetch_metadata(None, METADATA_TIMEOUT)
-                    .map(|metadata| metadata.brokers().len())
+                    .map(|metadata| {
+                        let missing = topics
+                            .iter()
+                            .filter(|name| {
+                                !metadata.topics().iter().any(|topic| {
+                                    topic.name() == name.as_str() && topic.error().is_none()
+                                })
+                            })
+                            .count();
+                        (metadata.brokers().len(), missing)
+                    })
             })
             .await;
             match checked {
-                Ok(Ok(brokers)) if brokers > 0 => {
+                Ok(Ok((brokers, missing))) if brokers > 0 => {
                     if !self.connected.swap(true, Ordering::Relaxed) {
                         info!(brokers, "Kafka brokers reachable");
+                    }
+                    // A broker that restarted without its data lost the topics too; records
+                    // for a missing topic would time out one by one.
+                    if missing > 0
+                        && self.config.create_topics
+                        && self.topics_ready.swap(false, Ordering::Relaxed)
+                    {
+                        warn!(missing, "Kafka topics are gone (a broker restarted without its data?); creating them again");
                     }
                     if !self.topics_ready.load(Ordering::Relaxed) {
                         match self.create_topics().await {
@@ -374,16 +491,24 @@ impl KafkaBus {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
 
-    async fn create_topics(&self) -> Result<(), KafkaError> {
-        let admin: AdminClient<DefaultClientContext> =
-            client_config(&self.config, &self.config.producer).create()?;
+    /// The four topics the gateway uses.
+    fn topic_names(&self) -> Vec<String> {
         let topics = &self.config.topics;
-        let names = [
+        [
             &topics.events,
             &topics.commands,
             &topics.command_results,
             &topics.replies,
-        ];
+        ]
+        .into_iter()
+        .cloned()
+        .collect()
+    }
+
+    async fn create_topics(&self) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(&self.config, &self.config.producer).create()?;
+        let names = self.topic_names();
         let new_topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|name| {

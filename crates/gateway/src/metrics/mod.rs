@@ -79,6 +79,7 @@ labels!(CommandLabels {
 labels!(TopicOutcomeLabels { topic, outcome });
 labels!(TopicLabels { topic });
 labels!(BuildLabels { version });
+labels!(ListenerLabels { listener });
 
 /// Labels of per-broker Kafka metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,11 +156,19 @@ pub struct Metrics {
     pub kafka_broker_errors: Family<BrokerLabels, Counter>,
     pub kafka_consumer_lag: Family<PartitionLabels, Gauge>,
     pub kafka_record_age: HistogramFamily<TopicLabels>,
+    pub http_connections: Family<ListenerLabels, Gauge>,
+    pub http_connections_refused: Family<ListenerLabels, Counter>,
 }
 
+/// The closed set of `http_connections{listener}` values.
+pub const HTTP_LISTENERS: [&str; 2] = ["admin", "metrics"];
+
 /// The closed set of `connection_attempts_total{result}` values.
-pub const ATTEMPT_RESULTS: [&str; 8] = [
+pub const ATTEMPT_RESULTS: [&str; 11] = [
     "accepted",
+    "bad_request",
+    "not_websocket",
+    "unsupported_websocket_version",
     "bad_path",
     "bad_charge_point_id",
     "unsupported_subprotocol",
@@ -170,9 +179,10 @@ pub const ATTEMPT_RESULTS: [&str; 8] = [
 ];
 
 /// The closed set of `disconnects_total{reason}` values.
-pub const DISCONNECT_REASONS: [&str; 11] = [
+pub const DISCONNECT_REASONS: [&str; 12] = [
     "connection_lost",
     "message_too_big",
+    "invalid_utf8",
     "websocket_protocol_error",
     "binary_frame",
     "closed_by_charge_point",
@@ -185,8 +195,9 @@ pub const DISCONNECT_REASONS: [&str; 11] = [
 ];
 
 /// The closed set of `invalid_frames_total{kind}` values.
-pub const INVALID_FRAME_KINDS: [&str; 10] = [
+pub const INVALID_FRAME_KINDS: [&str; 11] = [
     "not_json",
+    "invalid_utf8",
     "not_array",
     "bad_message_type",
     "unsupported_message_type",
@@ -279,6 +290,8 @@ impl Metrics {
             kafka_broker_errors: Family::default(),
             kafka_consumer_lag: Family::default(),
             kafka_record_age: Family::new_with_constructor(latency_histogram),
+            http_connections: Family::default(),
+            http_connections_refused: Family::default(),
             registry: Registry::default(),
             names: Vec::new(),
         };
@@ -322,6 +335,16 @@ impl Metrics {
             "ocppgw_connection_duration_seconds",
             "How long connections lasted",
             m.connection_duration.clone(),
+        );
+        r.add(
+            "ocppgw_http_connections",
+            "Open connections to the admin and metrics listeners",
+            m.http_connections.clone(),
+        );
+        r.add(
+            "ocppgw_http_connections_refused",
+            "Connections to the admin and metrics listeners closed at once at the connection limit",
+            m.http_connections_refused.clone(),
         );
         r.add(
             "ocppgw_messages_received",
@@ -468,6 +491,14 @@ impl Metrics {
         }
         for kind in INVALID_FRAME_KINDS {
             let _ = self.invalid_frames.get_or_create(&KindLabels { kind });
+        }
+        for listener in HTTP_LISTENERS {
+            let _ = self
+                .http_connections
+                .get_or_create(&ListenerLabels { listener });
+            let _ = self
+                .http_connections_refused
+                .get_or_create(&ListenerLabels { listener });
         }
         for direction in ["inbound", "outbound"] {
             let _ = self

@@ -328,6 +328,13 @@ where
                 warn!(error = %e, "WebSocket protocol violation");
                 return Some(self.close(1002, "websocket_protocol_error").await);
             }
+            // A text frame or a close reason that is not UTF-8: RFC 6455 7.1.7 and 8.1
+            // require failing the connection with 1007.
+            Some(Err(WsError::Utf8(e))) => {
+                crate::warn_limited!(error = %e, "frame with invalid UTF-8");
+                self.shared.metrics.invalid_frame("invalid_utf8");
+                return Some(self.close(1007, "invalid_utf8").await);
+            }
             Some(Err(e)) => {
                 debug!(error = %e, "connection failed");
                 return Some(EndReason {
@@ -346,7 +353,11 @@ where
                 self.shared.metrics.invalid_frame("binary");
                 Some(self.close(1003, "binary_frame").await)
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+            // tungstenite queued the pong; writing it out before reading on means a peer
+            // that pings but never reads is read no further (TCP backpressure) and is
+            // dropped after the write timeout, instead of piling up pongs in memory.
+            Message::Ping(_) => self.flush().await.err(),
+            Message::Pong(_) | Message::Frame(_) => None,
             Message::Close(frame) => {
                 let close_code = frame.as_ref().map(|f| u16::from(f.code));
                 // tungstenite queues the close reply; drive it out until the stream ends.
@@ -800,11 +811,26 @@ where
     /// Writes one message. A peer that does not take it within the write timeout (it
     /// stopped reading) is gone: waiting longer would freeze the whole session.
     async fn send(&mut self, message: Message) -> Result<(), EndReason> {
+        let timeout = self.write_timeout();
+        Self::within_write_timeout(timeout, self.ws.send(message)).await
+    }
+
+    /// Writes out whatever tungstenite has queued (an automatic pong), within the write
+    /// timeout.
+    async fn flush(&mut self) -> Result<(), EndReason> {
+        let timeout = self.write_timeout();
+        Self::within_write_timeout(timeout, self.ws.flush()).await
+    }
+
+    async fn within_write_timeout(
+        timeout: Duration,
+        write: impl Future<Output = Result<(), WsError>>,
+    ) -> Result<(), EndReason> {
         let lost = EndReason {
             reason: "connection_lost",
             close_code: None,
         };
-        match tokio::time::timeout(self.write_timeout(), self.ws.send(message)).await {
+        match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 debug!(error = %e, "write failed");

@@ -1,16 +1,27 @@
 //! The embedded sink: JSON lines to stdout or a file, written by one thread in batches.
 //!
-//! An event is durable once its batch is written and flushed; the writer acknowledges
-//! every event of a batch together (group commit), so a busy gateway pays one flush per
-//! batch rather than per event.
+//! An event is durable once its batch is written and flushed (and, with
+//! `events.fsync = "per_batch"`, synced to disk); the writer acknowledges every event of a
+//! batch together (group commit), so a busy gateway pays one flush per batch rather than
+//! per event.
+//!
+//! The file only ever holds whole lines: a batch that fails part-way (a full disk) is cut
+//! off again before anything is acknowledged, and a file that a crash left ending in a torn
+//! line is repaired when it is opened, the torn bytes set aside in `<file>.torn`.
 
-use std::{io::Write, path::PathBuf, sync::Arc, sync::Mutex};
+use std::{
+    fs::File,
+    io::{self, Read, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures_util::{future::BoxFuture, FutureExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ComponentHealth, Delivery, EventSink, SinkError};
-use crate::{event::Event, metrics::Metrics};
+use super::{ComponentHealth, Delivery, EventSink, SinkError, WriteFailures};
+use crate::{config::Fsync, event::Event, metrics::Metrics};
 
 /// Most events written per batch.
 const MAX_BATCH: usize = 256;
@@ -26,6 +37,17 @@ pub enum Output {
     Discard,
 }
 
+/// How the embedded sink behaves, from `[events]`.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Events that may wait for the writer.
+    pub queue_capacity: usize,
+    /// Whether a batch is synced to disk before it is acknowledged (files only).
+    pub fsync: Fsync,
+    /// How long writes may keep failing before the sink reports itself down.
+    pub unready_after: Duration,
+}
+
 enum Item {
     Event(Arc<Event>, oneshot::Sender<Result<(), SinkError>>),
     Flush(oneshot::Sender<()>),
@@ -34,34 +56,38 @@ enum Item {
 /// JSON lines to stdout or a file, with a bounded queue in front of the writer.
 pub struct EmbeddedSink {
     queue: mpsc::Sender<Item>,
-    last_error: Arc<Mutex<Option<String>>>,
+    failures: Arc<Mutex<WriteFailures>>,
 }
 
 impl EmbeddedSink {
-    /// Opens `output` and starts the writer thread; at most `queue_capacity` events wait.
+    /// Opens `output` (repairing a torn last line) and starts the writer thread.
     pub async fn start(
         output: Output,
-        queue_capacity: usize,
+        options: EmbeddedOptions,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<EmbeddedSink> {
-        let writer: Option<Box<dyn Write + Send>> = match &output {
-            Output::Stdout => Some(Box::new(std::io::stdout())),
+    ) -> io::Result<EmbeddedSink> {
+        let writer: Option<Box<dyn BatchWriter>> = match &output {
+            Output::Stdout => Some(Box::new(io::stdout())),
             Output::File(path) => {
                 let path = path.clone();
-                let file = tokio::task::spawn_blocking(move || {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                })
-                .await
-                .map_err(std::io::Error::other)??;
-                Some(Box::new(file))
+                let fsync = options.fsync;
+                let file = tokio::task::spawn_blocking(move || open_event_file(&path))
+                    .await
+                    .map_err(io::Error::other)??;
+                Some(Box::new(EventFile::new(file, fsync)))
             }
             Output::Discard => None,
         };
-        let (queue, receiver) = mpsc::channel(queue_capacity);
-        let last_error = Arc::new(Mutex::new(None));
+        Self::with_writer(writer, options, metrics)
+    }
+
+    fn with_writer(
+        writer: Option<Box<dyn BatchWriter>>,
+        options: EmbeddedOptions,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<EmbeddedSink> {
+        let (queue, receiver) = mpsc::channel(options.queue_capacity);
+        let failures = Arc::new(Mutex::new(WriteFailures::new(options.unready_after)));
         let disk = match writer {
             // Writes block, and a slow disk or a full stdout pipe must not stall the
             // runtime's workers: a thread of its own writes, and serialises too.
@@ -74,15 +100,162 @@ impl EmbeddedSink {
             }
             None => None,
         };
-        tokio::spawn(collect(receiver, disk, last_error.clone(), metrics));
-        Ok(EmbeddedSink { queue, last_error })
+        tokio::spawn(collect(receiver, disk, failures.clone(), metrics));
+        Ok(EmbeddedSink { queue, failures })
+    }
+}
+
+/// Opens the events file for appending, first cutting off a torn last line (a crash
+/// during a write leaves one; the event in it was never acknowledged). The torn bytes are
+/// appended to `<file>.torn` so nothing is thrown away unseen.
+fn open_event_file(path: &Path) -> io::Result<File> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let length = file.metadata()?.len();
+    let whole = whole_lines_length(&mut file, length)?;
+    if whole < length {
+        let mut torn = Vec::with_capacity((length - whole) as usize);
+        file.seek(SeekFrom::Start(whole))?;
+        Read::by_ref(&mut file)
+            .take(length - whole)
+            .read_to_end(&mut torn)?;
+        let aside = torn_path(path);
+        let mut set_aside = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&aside)?;
+        torn.push(b'\n');
+        set_aside.write_all(&torn)?;
+        set_aside.sync_data()?;
+        file.set_len(whole)?;
+        tracing::warn!(
+            file = %path.display(),
+            torn_bytes = length - whole,
+            set_aside_in = %aside.display(),
+            "the events file ended in a torn line (an interrupted write); moved it aside"
+        );
+    }
+    Ok(file)
+}
+
+/// Where the torn tail of `path` is set aside.
+fn torn_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".torn");
+    PathBuf::from(name)
+}
+
+/// The length of the file's longest prefix that ends at a line boundary.
+fn whole_lines_length(file: &mut File, length: u64) -> io::Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut end = length;
+    let mut buffer = vec![0u8; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = &mut buffer[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(newline) = chunk.iter().rposition(|&byte| byte == b'\n') {
+            return Ok(start + newline as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Somewhere a batch of JSON lines is written in one piece.
+trait BatchWriter: Send {
+    /// Writes `bytes` (whole lines) durably enough to acknowledge them, or fails leaving
+    /// the destination as it was before.
+    fn write_batch(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+impl BatchWriter for io::Stdout {
+    fn write_batch(&mut self, bytes: &[u8]) -> io::Result<()> {
+        // A pipe cannot be cut back; a reader sees a partial line only if the write
+        // itself broke, which also ends the pipe.
+        let mut out = self.lock();
+        out.write_all(bytes)?;
+        out.flush()
+    }
+}
+
+/// What [`EventFile`] needs of a file: appending, cutting back and syncing.
+trait AppendOnly: Send {
+    fn length(&mut self) -> io::Result<u64>;
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    fn cut_back(&mut self, length: u64) -> io::Result<()>;
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+impl AppendOnly for File {
+    fn length(&mut self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn cut_back(&mut self, length: u64) -> io::Result<()> {
+        self.set_len(length)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+/// The events file: every batch is whole lines, or nothing.
+struct EventFile<F> {
+    file: F,
+    fsync: Fsync,
+    /// Where the file must be cut back to before the next append, when cutting back a
+    /// failed batch failed too.
+    cut_back_to: Option<u64>,
+}
+
+impl<F: AppendOnly> EventFile<F> {
+    fn new(file: F, fsync: Fsync) -> Self {
+        EventFile {
+            file,
+            fsync,
+            cut_back_to: None,
+        }
+    }
+}
+
+impl<F: AppendOnly> BatchWriter for EventFile<F> {
+    fn write_batch(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(length) = self.cut_back_to {
+            self.file.cut_back(length)?;
+            self.cut_back_to = None;
+        }
+        // Read per batch rather than tracked: the file may have been cut by someone else
+        // (copytruncate log rotation), and cutting back past its real end would pad it
+        // with zeros.
+        let before = self.file.length()?;
+        let written = self.file.append(bytes).and_then(|()| match self.fsync {
+            Fsync::Off => Ok(()),
+            Fsync::PerBatch => self.file.sync(),
+        });
+        if written.is_err() {
+            if let Err(e) = self.file.cut_back(before) {
+                tracing::error!(error = %e, "a failed batch could not be cut off the events file; retrying before the next write");
+                self.cut_back_to = Some(before);
+            }
+        }
+        written
     }
 }
 
 /// A batch for the writer thread, and where to report how its write went.
 struct Job {
     events: Vec<Arc<Event>>,
-    done: oneshot::Sender<std::io::Result<()>>,
+    done: oneshot::Sender<io::Result<()>>,
 }
 
 /// Gathers events into batches on the runtime and hands each to the writer thread.
@@ -95,7 +268,7 @@ struct Job {
 async fn collect(
     mut receiver: mpsc::Receiver<Item>,
     disk: Option<std::sync::mpsc::Sender<Job>>,
-    last_error: Arc<Mutex<Option<String>>>,
+    failures: Arc<Mutex<WriteFailures>>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -118,11 +291,14 @@ async fn collect(
             _ => Ok(()),
         };
         let outcome = result.map_err(|e| SinkError::Unavailable(e.to_string()));
-        match &outcome {
-            Ok(()) => *last_error.lock().unwrap_or_else(|e| e.into_inner()) = None,
-            Err(e) => {
-                tracing::error!(error = %e, "events could not be written");
-                *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        {
+            let mut failures = failures.lock().unwrap_or_else(|e| e.into_inner());
+            match &outcome {
+                Ok(()) => failures.succeeded(),
+                Err(e) => {
+                    crate::error_limited!(error = %e, "events could not be written");
+                    failures.failed(e.to_string(), std::time::Instant::now());
+                }
             }
         }
         for item in batch.drain(..) {
@@ -139,12 +315,12 @@ async fn collect(
     }
 }
 
-fn writer_stopped() -> std::io::Error {
-    std::io::Error::other("the event writer thread stopped")
+fn writer_stopped() -> io::Error {
+    io::Error::other("the event writer thread stopped")
 }
 
-/// The writer thread: serialises each batch to JSON lines, then writes and flushes it.
-fn write_jobs(jobs: std::sync::mpsc::Receiver<Job>, mut writer: Box<dyn Write + Send>) {
+/// The writer thread: serialises each batch to JSON lines, then writes it in one piece.
+fn write_jobs(jobs: std::sync::mpsc::Receiver<Job>, mut writer: Box<dyn BatchWriter>) {
     let mut buffer = Vec::with_capacity(64 * 1024);
     while let Ok(Job { events, done }) = jobs.recv() {
         buffer.clear();
@@ -156,7 +332,7 @@ fn write_jobs(jobs: std::sync::mpsc::Receiver<Job>, mut writer: Box<dyn Write + 
             }
             buffer.push(b'\n');
         }
-        let _ = done.send(writer.write_all(&buffer).and_then(|()| writer.flush()));
+        let _ = done.send(writer.write_batch(&buffer));
     }
 }
 
@@ -184,21 +360,10 @@ impl EventSink for EmbeddedSink {
     }
 
     fn health(&self) -> ComponentHealth {
-        match self
-            .last_error
+        self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            None => ComponentHealth {
-                status: "up",
-                detail: None,
-            },
-            Some(error) => ComponentHealth {
-                status: "degraded",
-                detail: Some(error),
-            },
-        }
+            .health(std::time::Instant::now())
     }
 }
 
@@ -225,14 +390,107 @@ mod tests {
         ))
     }
 
+    fn options(unready_after: Duration) -> EmbeddedOptions {
+        EmbeddedOptions {
+            queue_capacity: 8,
+            fsync: Fsync::Off,
+            unready_after,
+        }
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        Metrics::new(&OcppVersion::ALL, None)
+    }
+
+    /// The message ids of the file's lines; panics on a line that is not a whole event.
+    fn message_ids(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("line {line:?} is not an event: {e}"));
+                event["data"]["messageId"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    /// A real file on which a disk can run full: appends beyond `room` bytes write what
+    /// fits, then fail with ENOSPC, as `write(2)` does; cutting back can be made to fail.
+    #[derive(Clone)]
+    struct FillingDisk {
+        file: Arc<Mutex<File>>,
+        room: Arc<Mutex<Option<usize>>>,
+        cut_back_fails: Arc<Mutex<bool>>,
+        syncs: Arc<Mutex<usize>>,
+    }
+
+    impl FillingDisk {
+        fn create(path: &Path) -> FillingDisk {
+            FillingDisk {
+                file: Arc::new(Mutex::new(open_event_file(path).unwrap())),
+                room: Default::default(),
+                cut_back_fails: Default::default(),
+                syncs: Default::default(),
+            }
+        }
+
+        fn set_room(&self, room: Option<usize>) {
+            *self.room.lock().unwrap() = room;
+        }
+    }
+
+    impl AppendOnly for FillingDisk {
+        fn length(&mut self) -> io::Result<u64> {
+            self.file.lock().unwrap().length()
+        }
+
+        fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+            let mut room = self.room.lock().unwrap();
+            let mut file = self.file.lock().unwrap();
+            match *room {
+                Some(left) if left < bytes.len() => {
+                    file.append(&bytes[..left])?;
+                    *room = Some(0);
+                    Err(io::Error::from(io::ErrorKind::StorageFull))
+                }
+                Some(left) => {
+                    *room = Some(left - bytes.len());
+                    file.append(bytes)
+                }
+                None => file.append(bytes),
+            }
+        }
+
+        fn cut_back(&mut self, length: u64) -> io::Result<()> {
+            if *self.cut_back_fails.lock().unwrap() {
+                return Err(io::Error::other("cut back refused"));
+            }
+            self.file.lock().unwrap().cut_back(length)
+        }
+
+        fn sync(&mut self) -> io::Result<()> {
+            *self.syncs.lock().unwrap() += 1;
+            self.file.lock().unwrap().sync()
+        }
+    }
+
+    async fn write(sink: &EmbeddedSink, id: &str) -> Result<(), SinkError> {
+        sink.submit(event(id)).await?.await
+    }
+
     #[tokio::test]
     async fn writes_json_lines_and_acknowledges_after_writing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let metrics = Metrics::new(&ocpp::OcppVersion::ALL, None);
-        let sink = EmbeddedSink::start(Output::File(path.clone()), 8, metrics.clone())
-            .await
-            .unwrap();
+        let metrics = metrics();
+        let sink = EmbeddedSink::start(
+            Output::File(path.clone()),
+            options(Duration::from_secs(5)),
+            metrics.clone(),
+        )
+        .await
+        .unwrap();
         let mut deliveries = Vec::new();
         for i in 0..20 {
             deliveries.push(sink.submit(event(&i.to_string())).await.unwrap());
@@ -240,16 +498,8 @@ mod tests {
         for delivery in deliveries {
             delivery.await.unwrap();
         }
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 20);
-        for (i, line) in lines.iter().enumerate() {
-            assert_eq!(line["specversion"], "1.0");
-            assert_eq!(line["data"]["messageId"], i.to_string());
-        }
+        let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        assert_eq!(message_ids(&path), expected);
         assert_eq!(sink.health().status, "up");
         let durable = metrics.encode();
         assert!(
@@ -261,11 +511,139 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_that_fills_the_disk_is_cut_off_before_the_next_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let disk = FillingDisk::create(&path);
+        let sink = EmbeddedSink::with_writer(
+            Some(Box::new(EventFile::new(disk.clone(), Fsync::Off))),
+            options(Duration::from_secs(3600)),
+            metrics(),
+        )
+        .unwrap();
+        write(&sink, "before").await.unwrap();
+        // Room for half an event: the write tears a line, and must be refused.
+        disk.set_room(Some(40));
+        assert!(write(&sink, "refused").await.is_err());
+        assert_eq!(sink.health().status, "degraded");
+        // Space freed: the next event is acknowledged, and must be a whole line.
+        disk.set_room(None);
+        write(&sink, "after").await.unwrap();
+        assert_eq!(sink.health().status, "up");
+        assert_eq!(message_ids(&path), ["before", "after"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_cut_back_is_retried_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let disk = FillingDisk::create(&path);
+        let sink = EmbeddedSink::with_writer(
+            Some(Box::new(EventFile::new(disk.clone(), Fsync::Off))),
+            options(Duration::from_secs(3600)),
+            metrics(),
+        )
+        .unwrap();
+        write(&sink, "before").await.unwrap();
+        disk.set_room(Some(10));
+        *disk.cut_back_fails.lock().unwrap() = true;
+        assert!(write(&sink, "torn").await.is_err());
+        disk.set_room(None);
+        // Still cannot cut back: nothing may be appended after the torn line.
+        assert!(write(&sink, "refused").await.is_err());
+        *disk.cut_back_fails.lock().unwrap() = false;
+        write(&sink, "after").await.unwrap();
+        assert_eq!(message_ids(&path), ["before", "after"]);
+    }
+
+    #[tokio::test]
+    async fn per_batch_fsync_syncs_before_acknowledging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let disk = FillingDisk::create(&path);
+        let sink = EmbeddedSink::with_writer(
+            Some(Box::new(EventFile::new(disk.clone(), Fsync::PerBatch))),
+            options(Duration::from_secs(5)),
+            metrics(),
+        )
+        .unwrap();
+        write(&sink, "1").await.unwrap();
+        assert_eq!(*disk.syncs.lock().unwrap(), 1);
+        write(&sink, "2").await.unwrap();
+        assert_eq!(*disk.syncs.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn persistent_write_failures_take_the_sink_down_until_a_write_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let disk = FillingDisk::create(&path);
+        let sink = EmbeddedSink::with_writer(
+            Some(Box::new(EventFile::new(disk.clone(), Fsync::Off))),
+            options(Duration::ZERO),
+            metrics(),
+        )
+        .unwrap();
+        disk.set_room(Some(0));
+        assert!(write(&sink, "refused").await.is_err());
+        let health = sink.health();
+        assert_eq!(health.status, "down");
+        assert!(health.detail.unwrap().contains("every write failed"));
+        disk.set_room(None);
+        write(&sink, "accepted").await.unwrap();
+        assert_eq!(sink.health().status, "up");
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_set_aside_when_the_file_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let whole = serde_json::to_string(event("whole").as_ref()).unwrap();
+        std::fs::write(
+            &path,
+            format!("{whole}\n{{\"specversion\":\"1.0\",\"id\":\"tor"),
+        )
+        .unwrap();
+        let sink = EmbeddedSink::start(
+            Output::File(path.clone()),
+            options(Duration::from_secs(5)),
+            metrics(),
+        )
+        .await
+        .unwrap();
+        write(&sink, "new").await.unwrap();
+        assert_eq!(message_ids(&path), ["whole", "new"]);
+        assert_eq!(
+            std::fs::read_to_string(torn_path(&path)).unwrap(),
+            "{\"specversion\":\"1.0\",\"id\":\"tor\n"
+        );
+    }
+
+    #[test]
+    fn a_file_without_any_newline_is_all_torn_and_a_whole_file_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        // Longer than one read chunk, so the backwards scan crosses chunks.
+        let torn = "x".repeat(200 * 1024);
+        std::fs::write(&path, &torn).unwrap();
+        drop(open_event_file(&path).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::read_to_string(torn_path(&path)).unwrap(),
+            format!("{torn}\n")
+        );
+        let whole = format!("{}\n", "y".repeat(100 * 1024));
+        std::fs::write(&path, &whole).unwrap();
+        drop(open_event_file(&path).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
+    }
+
+    #[tokio::test]
     async fn submit_waits_when_the_queue_is_full() {
         let (queue, mut receiver) = mpsc::channel(1);
         let sink = EmbeddedSink {
             queue,
-            last_error: Default::default(),
+            failures: Arc::new(Mutex::new(WriteFailures::new(Duration::from_secs(5)))),
         };
         let _first = sink.submit(event("1")).await.unwrap();
         let second = sink.submit(event("2"));

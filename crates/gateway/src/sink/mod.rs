@@ -13,6 +13,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use futures_util::future::BoxFuture;
@@ -73,4 +74,95 @@ pub trait EventSink: Send + Sync + 'static {
 
     /// The sink's current state.
     fn health(&self) -> ComponentHealth;
+}
+
+/// Tracks a sink's failing writes, so that readiness can follow a sink that refuses
+/// everything.
+///
+/// One failed batch is a blip (a charge point retries its CALL); writes that keep failing
+/// for `unready_after` mean every durable CALL is refused, and a gateway in that state
+/// should stop receiving new charge points. The first successful write ends it.
+#[derive(Debug)]
+pub struct WriteFailures {
+    unready_after: Duration,
+    failing_since: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl WriteFailures {
+    /// A tracker that reports `down` once writes have failed for `unready_after`.
+    pub fn new(unready_after: Duration) -> WriteFailures {
+        WriteFailures {
+            unready_after,
+            failing_since: None,
+            last_error: None,
+        }
+    }
+
+    /// A write succeeded: the sink is up again.
+    pub fn succeeded(&mut self) {
+        self.failing_since = None;
+        self.last_error = None;
+    }
+
+    /// A write failed at `now` with `error`.
+    pub fn failed(&mut self, error: String, now: Instant) {
+        self.failing_since.get_or_insert(now);
+        self.last_error = Some(error);
+    }
+
+    /// `up` while the last write succeeded, `degraded` while writes have failed for less
+    /// than `unready_after`, `down` after that.
+    pub fn health(&self, now: Instant) -> ComponentHealth {
+        let Some(since) = self.failing_since else {
+            return ComponentHealth {
+                status: "up",
+                detail: None,
+            };
+        };
+        let failing_for = now.saturating_duration_since(since);
+        let error = self.last_error.clone().unwrap_or_default();
+        if failing_for >= self.unready_after {
+            ComponentHealth {
+                status: "down",
+                detail: Some(format!(
+                    "every write failed for {:.0} s: {error}",
+                    failing_for.as_secs_f64()
+                )),
+            }
+        } else {
+            ComponentHealth {
+                status: "degraded",
+                detail: Some(error),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_make_the_sink_down_only_once_they_persist() {
+        let start = Instant::now();
+        let mut failures = WriteFailures::new(Duration::from_secs(5));
+        assert_eq!(failures.health(start).status, "up");
+        failures.failed("disk full".into(), start);
+        let soon = start + Duration::from_secs(4);
+        failures.failed("disk still full".into(), soon);
+        let health = failures.health(soon);
+        assert_eq!(health.status, "degraded");
+        assert_eq!(health.detail.as_deref(), Some("disk still full"));
+        // Measured from the first failure, not the latest.
+        let later = start + Duration::from_secs(5);
+        let health = failures.health(later);
+        assert_eq!(health.status, "down");
+        assert!(health.detail.unwrap().contains("disk still full"));
+        failures.succeeded();
+        assert_eq!(failures.health(later).status, "up");
+        // A new failure starts a new grace period.
+        failures.failed("again".into(), later);
+        assert_eq!(failures.health(later).status, "degraded");
+    }
 }
