@@ -603,3 +603,61 @@ async fn the_gateway_starts_without_a_broker_and_connects_when_it_appears() {
         (json!(4), json!("InternalError"))
     );
 }
+
+#[tokio::test]
+async fn a_broker_that_comes_back_empty_is_recovered_from_by_itself() {
+    let mut broker = Broker::start().await;
+    let gw = start(&broker, |c| c.kafka.unready_after = Duration::from_secs(1)).await;
+    let mut cp = gw.connect("RESTART-1", &["ocpp1.6"]).await;
+    let status = json!({"connectorId": 1, "errorCode": "NoError", "status": "Available"});
+    assert_eq!(
+        cp.call("s0", "StatusNotification", status.clone()).await[0],
+        3
+    );
+    broker.restart_empty().await;
+    // Every durable CALL is refused until the gateway has its topics and a producer id
+    // again; then one is acknowledged, without anyone restarting the gateway.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut attempt = 0;
+    let acknowledged = loop {
+        attempt += 1;
+        let id = format!("s{attempt}");
+        let reply = cp.call(&id, "StatusNotification", status.clone()).await;
+        if reply[0] == 3 {
+            break id;
+        }
+        assert_eq!(reply[0], 4, "{reply}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no durable CALL acknowledged within 90 s of the broker's restart: {reply}"
+        );
+    };
+    // What was acknowledged is in the new broker.
+    broker
+        .read_until("ocpp.events", |records| {
+            message_ids(records, "RESTART-1").contains(&acknowledged)
+        })
+        .await;
+    wait_ready(&gw, true).await;
+}
+
+#[tokio::test]
+async fn readiness_names_the_unreachable_broker_first() {
+    let gw = TestGateway::start_with(|c| {
+        // Nothing listens on the discard port.
+        c.kafka.brokers = "127.0.0.1:9".into();
+        c.kafka.topic_replication = 1;
+        c.backend.actions = vec!["Authorize".into()];
+    })
+    .await;
+    let (status, body) = gw.get("/readyz").await;
+    assert_eq!(status, 503);
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("Kafka"), "{reason}");
+    assert!(!reason.contains("reply consumer"), "{reason}");
+    let (_, health) = gw.get("/health").await;
+    // Subscribed, but no broker has given it a partition.
+    let consumer = &health["components"]["commandConsumer"];
+    assert_eq!(consumer["status"], "waiting_for_assignment", "{health}");
+    assert_eq!(consumer["partitions"], json!([]), "{health}");
+}

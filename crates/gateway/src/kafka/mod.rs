@@ -123,7 +123,10 @@ impl KafkaBus {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             connected: AtomicBool::new(false),
             topics_ready: AtomicBool::new(!config.create_topics),
-            last_error: Mutex::new(Some("not connected yet".to_owned())),
+            last_error: Mutex::new(Some(format!(
+                "Kafka brokers {} not reached yet",
+                config.brokers
+            ))),
             deliveries: Mutex::new(WriteFailures::new(config.unready_after)),
             command_consumer: Mutex::new(CommandConsumerSlot::default()),
         }))

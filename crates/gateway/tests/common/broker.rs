@@ -37,6 +37,29 @@ fn tansu_binary() -> String {
     std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned())
 }
 
+fn spawn_tansu(port: u16) -> Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    Command::new(tansu_binary())
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start `{}` (run scripts/test.sh, which installs it): {e}",
+                tansu_binary()
+            )
+        })
+}
+
 impl Broker {
     /// Starts a broker on a free loopback port and waits until it accepts connections.
     /// Fails (never skips) when tansu is missing: `scripts/test.sh` installs it.
@@ -46,42 +69,33 @@ impl Broker {
             .local_addr()
             .unwrap()
             .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start `{}` (run scripts/test.sh, which installs it): {e}",
-                    tansu_binary()
-                )
-            });
         let broker = Broker {
             address: format!("127.0.0.1:{port}"),
-            child,
+            child: spawn_tansu(port),
         };
+        broker.wait_listening().await;
+        broker
+    }
+
+    /// Kills the broker (SIGKILL) and starts a new one on the same port: in-memory
+    /// storage, so it comes back empty, without topics, groups or producer ids.
+    pub async fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.address.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = spawn_tansu(port);
+        self.wait_listening().await;
+    }
+
+    async fn wait_listening(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&broker.address)
-            .await
-            .is_err()
-        {
+        while tokio::net::TcpStream::connect(&self.address).await.is_err() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "broker did not start listening"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        broker
     }
 
     /// Freezes the broker process (SIGSTOP): connections stay open, nothing is answered.
