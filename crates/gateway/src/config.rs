@@ -363,7 +363,7 @@ impl Default for KafkaConfig {
             command_group: "charge-point-gateway".to_owned(),
             max_concurrent_commands: 1000,
             command_dedup_window: Duration::from_secs(600),
-            command_session_timeout: Duration::from_secs(10),
+            command_session_timeout: Duration::from_secs(15),
             static_membership: false,
             unready_after: Duration::from_secs(5),
             producer: Default::default(),

@@ -661,3 +661,148 @@ async fn readiness_names_the_unreachable_broker_first() {
     assert_eq!(consumer["status"], "waiting_for_assignment", "{health}");
     assert_eq!(consumer["partitions"], json!([]), "{health}");
 }
+
+/// A free loopback port (bound, then released for the process under test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A gateway process, killed (SIGKILL) when dropped.
+struct GatewayProcess(std::process::Child);
+
+impl GatewayProcess {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The gateway binary with Kafka on `broker`, on fixed ports so that a restart takes the
+/// same ones.
+fn spawn_gateway(broker: &Broker, ports: [u16; 3]) -> GatewayProcess {
+    let [ocpp, admin, metrics] = ports.map(|port| format!("127.0.0.1:{port}"));
+    std::process::Command::new(env!("CARGO_BIN_EXE_charge-point-gateway"))
+        .args(["--listen", &ocpp, "--admin-listen", &admin])
+        .args(["--metrics-listen", &metrics, "--events", "none"])
+        .args(["--node-id", "restarted-node", "--log-level", "warn"])
+        .env("CPGW_KAFKA__BROKERS", &broker.address)
+        .env("CPGW_KAFKA__TOPIC_REPLICATION", "1")
+        .env("CPGW_KAFKA__TOPIC_PARTITIONS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(GatewayProcess)
+        .expect("the gateway binary starts")
+}
+
+/// Waits until the gateway on `admin` answers `/readyz` with 200.
+async fn wait_binary_ready(admin: u16) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if ready {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A charge point on the gateway at `ocpp` that accepts every Reset until its connection
+/// ends.
+async fn resetting_charge_point(ocpp: u16, id: &str) -> tokio::task::JoinHandle<()> {
+    let (mut cp, _) =
+        common::connect_url(&format!("ws://127.0.0.1:{ocpp}/ocpp/{id}"), &["ocpp1.6"])
+            .await
+            .expect("connected");
+    tokio::spawn(async move {
+        loop {
+            use futures_util::StreamExt;
+            let Some(Ok(message)) = cp.ws.next().await else {
+                return;
+            };
+            let Ok(call) = serde_json::from_str::<Value>(message.to_text().unwrap_or_default())
+            else {
+                continue;
+            };
+            if call[0] == 2 {
+                cp.send_json(json!([3, call[1], {"status": "Accepted"}]))
+                    .await;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn commands_resume_soon_after_the_gateway_is_killed_and_restarted() {
+    let broker = Broker::start().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let [ocpp, admin, _] = ports;
+    let mut first = spawn_gateway(&broker, ports);
+    wait_binary_ready(admin).await;
+    let charge_point = resetting_charge_point(ocpp, "KILLED-1").await;
+    let producer = broker.producer();
+    let command = |id: &str| {
+        json!({"commandId": id, "chargePointId": "KILLED-1", "action": "Reset", "payload": {"type": "Soft"}})
+            .to_string()
+    };
+    let completed = |id: &'static str| {
+        move |records: &[Record]| {
+            results_by_id(records)
+                .get(id)
+                .is_some_and(|results| results[0]["data"]["status"] == "completed")
+        }
+    };
+    broker
+        .produce(&producer, "ocpp.commands", "KILLED-1", &command("before"))
+        .await;
+    broker
+        .read_until("ocpp.command-results", completed("before"))
+        .await;
+
+    // kill -9: the dead gateway never leaves the consumer group.
+    first.kill();
+    charge_point.abort();
+    let mut second = spawn_gateway(&broker, ports);
+    wait_binary_ready(admin).await;
+    let _charge_point = resetting_charge_point(ocpp, "KILLED-1").await;
+    let sent = std::time::Instant::now();
+    broker
+        .produce(&producer, "ocpp.commands", "KILLED-1", &command("after"))
+        .await;
+    broker
+        .read_until_within(
+            "ocpp.command-results",
+            Duration::from_secs(120),
+            completed("after"),
+        )
+        .await;
+    let waited = sent.elapsed();
+    eprintln!("the first command after the restart took {waited:?}");
+    second.kill();
+    // The group waits for the dead member's session (kafka.command_session_timeout,
+    // 15 s) before the restarted gateway gets the partition; with librdkafka's default of
+    // 45 s it waited that long.
+    assert!(
+        waited < Duration::from_secs(30),
+        "the first command after the restart took {waited:?}"
+    );
+}

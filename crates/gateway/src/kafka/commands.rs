@@ -225,7 +225,8 @@ async fn run_once(
         let message = match message {
             Ok(message) => message,
             Err(e) => {
-                warn!(error = %e, "command consumer error");
+                // Repeats every poll while the brokers are down.
+                crate::warn_limited!(error = %e, "command consumer error");
                 continue;
             }
         };

@@ -32,6 +32,12 @@ impl StatsContext {
 }
 
 impl ClientContext for StatsContext {
+    /// librdkafka's errors, limited per call site: while the brokers are down it reports
+    /// the same error several times a second, from every client.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::warn_limited!(error = %error, %reason, "Kafka client error");
+    }
+
     fn stats(&self, statistics: Statistics) {
         for broker in statistics.brokers.values() {
             // Bootstrap placeholders (node id -1) are not brokers.

@@ -159,6 +159,17 @@ impl Broker {
 
     /// Reads `topic` from the beginning until `done` holds for everything read so far.
     pub async fn read_until(&self, topic: &str, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+        self.read_until_within(topic, Duration::from_secs(30), done)
+            .await
+    }
+
+    /// [`Broker::read_until`], waiting at most `within`.
+    pub async fn read_until_within(
+        &self,
+        topic: &str,
+        within: Duration,
+        done: impl Fn(&[Record]) -> bool,
+    ) -> Vec<Record> {
         let address = self.address.clone();
         let topic = topic.to_owned();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -215,7 +226,7 @@ impl Broker {
             }
         });
         let mut records = Vec::new();
-        let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        let outcome = tokio::time::timeout(within, async {
             while !done(&records) {
                 match rx.recv().await {
                     Some(record) => records.push(record),
