@@ -164,7 +164,7 @@ class Bench:
 
     # --- servers -------------------------------------------------------------------
 
-    def gateway(self, kafka_brokers=None, extra_env=None):
+    def gateway(self, kafka_brokers=None, extra_env=None, name=None):
         port, admin, metrics = free_port(), free_port(), free_port()
         env = {
             "CPGW_SESSION__PING_INTERVAL": self.settings.ping_interval,
@@ -184,7 +184,7 @@ class Bench:
         else:
             events = self.workdir / "events.jsonl"
             command += ["--events", "file", "--events-file", str(events)]
-            name = "gateway"
+            name = name or "gateway"
         server = Process(name, command, env=env)
         # A fast run writes hundreds of megabytes of events; nobody reads them afterwards.
         server.scratch_files = [] if kafka_brokers else [events]
@@ -382,6 +382,55 @@ class Bench:
             ],
         )
 
+    def cpu_per_call(self, server, label, options):
+        """A load run with the server's CPU time per answered CALL over the window (process
+        CPU from /proc, sampled when the window opens and when the run ends)."""
+        at_open = {}
+
+        def window_opened():
+            at_open["cpu"] = server.cpu_seconds()
+
+        summary = self.simulate(server, label, options, on_measuring=window_opened)
+        cpu = server.cpu_seconds() - at_open.get("cpu", 0.0)
+        answered = summary["window"]["answered_per_s"] * summary["window_s"]
+        summary["server_cpu_us_per_call"] = cpu * 1e6 / answered if answered else None
+        return summary
+
+    def fsync_cost(self):
+        """The embedded sink with `events.fsync` off and per batch, side by side: the highest
+        rate, then the same offered load for both (half of the first one's highest rate)."""
+        variants = [("off", "gateway, fsync off"), ("per_batch", "gateway, fsync per batch")]
+        load = [
+            "-n", str(self.settings.load_connections),
+            "--versions", "1.6=50,2.0.1=50",
+            "--scenario", "telemetry",
+            "--ramp-rate", str(self.settings.ramp_rate),
+            "--warmup", self.settings.warmup,
+            "--duration", self.settings.duration,
+        ]
+        results = []
+        offered = None
+        for fsync, name in variants:
+            start = lambda: self.gateway(extra_env={"CPGW_EVENTS__FSYNC": fsync}, name=name)
+            result = {"name": name, "fsync": fsync}
+            server = start()
+            try:
+                result["max"] = self.cpu_per_call(server, f"{name}: highest rate", load + ["--rate", "max"])
+            finally:
+                server.stop()
+            if offered is None:
+                offered = result["max"]["window"]["answered_per_s"] / 2
+            server = start()
+            try:
+                per_charge_point = offered / self.settings.load_connections
+                result["fixed"] = self.cpu_per_call(
+                    server, f"{name}: {offered:.0f} CALL/s", load + ["--rate", f"{per_charge_point:.4f}"]
+                )
+            finally:
+                server.stop()
+            results.append(result)
+        return {"offered_per_s": offered, "variants": results}
+
     def side_by_side(self, name, start):
         """Memory per idle connection, highest rate, latency at half of it, for one server."""
         result = {"name": name}
@@ -431,6 +480,7 @@ class Bench:
             ("python ocpp", self.python_ocpp),
         ]
         results["servers"] = [self.side_by_side(name, start) for name, start in peers]
+        results["fsync"] = self.fsync_cost()
 
         broker, brokers = self.tansu()
         try:
@@ -477,6 +527,10 @@ def ratio(ours, theirs):
     if not theirs:
         return "n/a"
     return f"{ours / theirs:.2f}×"
+
+
+def us(value):
+    return "n/a" if value is None else f"{value:.1f} µs"
 
 
 def kib(value):
@@ -590,6 +644,31 @@ def report(results, bench, quick):
     add("frames. Kafka mode waits for the broker (tansu, in memory, on the same machine and not pinned) and")
     add("librdkafka's default `linger.ms` of 5 ms.")
     add("")
+    add("## The cost of `events.fsync = \"per_batch\"`")
+    add("")
+    fsync = results["fsync"]
+    add(f"The gateway with JSON-lines events, without and with an `fdatasync` per batch, in the same run. *Server CPU")
+    add(f"per CALL* is the gateway process's CPU time over the measurement window divided by the CALLs answered in it;")
+    add(f"*same load* offers {fsync['offered_per_s']:.0f} CALL/s to both (half of the first one's highest rate).")
+    add("")
+    add("| events.fsync | highest rate (CALL/s) | server CPU per CALL | p99 at the same load | p99.9 at the same load | server CPU per CALL at the same load |")
+    add("|---|---|---|---|---|---|")
+    for variant in fsync["variants"]:
+        m, f = variant["max"], variant["fixed"]
+        add(
+            f"| `{variant['fsync']}` | {m['window']['answered_per_s']:.0f} | {us(m['server_cpu_us_per_call'])} | "
+            f"{f['latency_ms']['p99']:.2f} ms | {f['latency_ms']['p99.9']:.2f} ms | {us(f['server_cpu_us_per_call'])} |"
+        )
+    off, per_batch = fsync["variants"]
+    add("")
+    add(
+        f"Per batch against off: throughput {ratio(per_batch['max']['window']['answered_per_s'], off['max']['window']['answered_per_s'])}, "
+        f"CPU per CALL {ratio(per_batch['max']['server_cpu_us_per_call'] or 0, off['max']['server_cpu_us_per_call'] or 1)} at the highest rate, "
+        f"p99 at the same load {ratio(per_batch['fixed']['latency_ms']['p99'], off['fixed']['latency_ms']['p99'])}. "
+        "A sync waits for the disk, not the CPU: with a busy gateway one sync covers a whole batch, so its cost"
+    )
+    add("shows as latency and, once the disk is the bottleneck, as throughput. The figures depend on this machine's disk.")
+    add("")
     add("## Commands")
     add("")
     add("`bench/run.sh` reproduces everything (`--quick` for a smoke run). With the ports it picked")
@@ -655,6 +734,11 @@ def check(results):
     """What is wrong with a run: any error in any load, or a storm that did not recover."""
     problems = []
     runs = [("capacity", results["capacity"]["summary"])]
+    for variant in results["fsync"]["variants"]:
+        runs += [
+            (f"{variant['name']}: highest rate", variant["max"]),
+            (f"{variant['name']}: same load", variant["fixed"]),
+        ]
     for server in results["servers"] + [results["kafka"]]:
         runs += [
             (f"{server['name']}: idle memory", server["memory"]["summary"]),

@@ -56,8 +56,12 @@ def _log_address(obj: dict):
 class Gateway:
     """A running charge-point-gateway process, with its stderr collected."""
 
-    def __init__(self, binary: Path):
+    def __init__(self, binary: Path, extra_env: dict | None = None, open_files: int | None = None):
+        """`extra_env` adds CPGW_* settings; `open_files` caps the process's open files
+        (RLIMIT_NOFILE, soft and hard)."""
         self.binary = binary
+        self.extra_env = extra_env or {}
+        self.open_files = open_files
         self.argv = [
             str(binary),
             "--listen",
@@ -132,12 +136,22 @@ class Gateway:
         # dropped so that the command line alone decides the configuration.
         env = {k: v for k, v in os.environ.items() if not k.startswith("CPGW_")}
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.extra_env)
+        limit = self.open_files
+
+        def limit_open_files():
+            if limit is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
+            preexec_fn=limit_open_files if limit is not None else None,
         )
         self._reader = threading.Thread(
             target=self._drain, name="gateway-stderr", daemon=True

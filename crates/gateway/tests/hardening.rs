@@ -136,22 +136,9 @@ async fn a_peer_that_pings_without_reading_is_slowed_then_dropped() {
         c.session.pong_timeout = Duration::from_secs(1);
     })
     .await;
-    // A tiny receive buffer and a client that never reads: every pong the gateway owes
-    // stays with the gateway unless it stops reading.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(gw.ocpp).await.unwrap();
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-            gw.url("PINGER-1"),
-        )
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", "ocpp1.6".parse().unwrap());
-    let (ws, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .unwrap();
+    // A client that never reads: every pong the gateway owes stays with the gateway
+    // unless it stops reading.
+    let ws = gw.connect_without_reading("PINGER-1").await;
     let (mut sink, _unread) = ws.split();
     const PINGS: usize = 1_000_000;
     let pinger = tokio::spawn(async move {

@@ -249,20 +249,7 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
     .await;
     // A tiny receive buffer and a client that never reads: the gateway's answers pile up
     // until its writes cannot complete.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(gw.ocpp).await.unwrap();
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-            gw.url("STUCK-1"),
-        )
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", "ocpp1.6".parse().unwrap());
-    let (ws, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .unwrap();
+    let ws = gw.connect_without_reading("STUCK-1").await;
     let (mut sink, _unread) = futures_util::StreamExt::split(ws);
     let writer = tokio::spawn(async move {
         let padding = "x".repeat(200);

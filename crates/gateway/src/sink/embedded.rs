@@ -475,6 +475,23 @@ mod tests {
         }
     }
 
+    /// A sink writing to `events.jsonl` in `dir` through a [`FillingDisk`].
+    fn sink_on_filling_disk(
+        dir: &tempfile::TempDir,
+        fsync: Fsync,
+        unready_after: Duration,
+    ) -> (PathBuf, FillingDisk, EmbeddedSink) {
+        let path = dir.path().join("events.jsonl");
+        let disk = FillingDisk::create(&path);
+        let sink = EmbeddedSink::with_writer(
+            Some(Box::new(EventFile::new(disk.clone(), fsync))),
+            options(unready_after),
+            metrics(),
+        )
+        .unwrap();
+        (path, disk, sink)
+    }
+
     async fn write(sink: &EmbeddedSink, id: &str) -> Result<(), SinkError> {
         sink.submit(event(id)).await?.await
     }
@@ -513,14 +530,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_that_fills_the_disk_is_cut_off_before_the_next_is_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        let disk = FillingDisk::create(&path);
-        let sink = EmbeddedSink::with_writer(
-            Some(Box::new(EventFile::new(disk.clone(), Fsync::Off))),
-            options(Duration::from_secs(3600)),
-            metrics(),
-        )
-        .unwrap();
+        let (path, disk, sink) = sink_on_filling_disk(&dir, Fsync::Off, Duration::from_secs(3600));
         write(&sink, "before").await.unwrap();
         // Room for half an event: the write tears a line, and must be refused.
         disk.set_room(Some(40));
@@ -536,14 +546,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_cut_back_is_retried_before_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        let disk = FillingDisk::create(&path);
-        let sink = EmbeddedSink::with_writer(
-            Some(Box::new(EventFile::new(disk.clone(), Fsync::Off))),
-            options(Duration::from_secs(3600)),
-            metrics(),
-        )
-        .unwrap();
+        let (path, disk, sink) = sink_on_filling_disk(&dir, Fsync::Off, Duration::from_secs(3600));
         write(&sink, "before").await.unwrap();
         disk.set_room(Some(10));
         *disk.cut_back_fails.lock().unwrap() = true;
@@ -559,14 +562,7 @@ mod tests {
     #[tokio::test]
     async fn per_batch_fsync_syncs_before_acknowledging() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        let disk = FillingDisk::create(&path);
-        let sink = EmbeddedSink::with_writer(
-            Some(Box::new(EventFile::new(disk.clone(), Fsync::PerBatch))),
-            options(Duration::from_secs(5)),
-            metrics(),
-        )
-        .unwrap();
+        let (_, disk, sink) = sink_on_filling_disk(&dir, Fsync::PerBatch, Duration::from_secs(5));
         write(&sink, "1").await.unwrap();
         assert_eq!(*disk.syncs.lock().unwrap(), 1);
         write(&sink, "2").await.unwrap();
@@ -576,14 +572,7 @@ mod tests {
     #[tokio::test]
     async fn persistent_write_failures_take_the_sink_down_until_a_write_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        let disk = FillingDisk::create(&path);
-        let sink = EmbeddedSink::with_writer(
-            Some(Box::new(EventFile::new(disk.clone(), Fsync::Off))),
-            options(Duration::ZERO),
-            metrics(),
-        )
-        .unwrap();
+        let (_, disk, sink) = sink_on_filling_disk(&dir, Fsync::Off, Duration::ZERO);
         disk.set_room(Some(0));
         assert!(write(&sink, "refused").await.is_err());
         let health = sink.health();

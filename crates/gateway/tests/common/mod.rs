@@ -111,6 +111,22 @@ impl TestGateway {
         format!("ws://{}/ocpp/{}", self.ocpp, id)
     }
 
+    /// Connects as `id` (OCPP 1.6) with a 4 KiB receive buffer, for a client that will
+    /// never read: whatever the gateway writes soon fills the buffers on both sides.
+    pub async fn connect_without_reading(&self, id: &str) -> WebSocketStream<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(self.ocpp).await.unwrap();
+        let mut request = self.url(id).into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "ocpp1.6".parse().unwrap());
+        let (ws, _) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .unwrap();
+        ws
+    }
+
     /// Connects as `id` offering `protocols`; panics when refused.
     pub async fn connect(&self, id: &str, protocols: &[&str]) -> Cp {
         let (cp, _) = self
