@@ -383,17 +383,22 @@ class Bench:
         )
 
     def cpu_per_call(self, server, label, options):
-        """A load run with the server's CPU time per answered CALL over the window (process
-        CPU from /proc, sampled when the window opens and when the run ends)."""
+        """A load run with the server's CPU time per answered CALL: the server process's CPU
+        seconds per second (from /proc, from the first progress line inside the window to
+        the end of the run) divided by the window's answered CALLs per second."""
         at_open = {}
 
         def window_opened():
-            at_open["cpu"] = server.cpu_seconds()
+            at_open["cpu"], at_open["wall"] = server.cpu_seconds(), time.monotonic()
 
-        summary = self.simulate(server, label, options, on_measuring=window_opened)
-        cpu = server.cpu_seconds() - at_open.get("cpu", 0.0)
-        answered = summary["window"]["answered_per_s"] * summary["window_s"]
-        summary["server_cpu_us_per_call"] = cpu * 1e6 / answered if answered else None
+        summary = self.simulate(server, label, options + ["--progress", "1s"], on_measuring=window_opened)
+        cpu, wall = server.cpu_seconds(), time.monotonic()
+        rate = summary["window"]["answered_per_s"]
+        if at_open and rate and wall > at_open["wall"]:
+            cpu_per_second = (cpu - at_open["cpu"]) / (wall - at_open["wall"])
+            summary["server_cpu_us_per_call"] = cpu_per_second * 1e6 / rate
+        else:
+            summary["server_cpu_us_per_call"] = None
         return summary
 
     def fsync_cost(self):
@@ -648,7 +653,7 @@ def report(results, bench, quick):
     add("")
     fsync = results["fsync"]
     add(f"The gateway with JSON-lines events, without and with an `fdatasync` per batch, in the same run. *Server CPU")
-    add(f"per CALL* is the gateway process's CPU time over the measurement window divided by the CALLs answered in it;")
+    add(f"per CALL* is the gateway process's CPU seconds per second during the measurement window divided by the CALLs answered per second;")
     add(f"*same load* offers {fsync['offered_per_s']:.0f} CALL/s to both (half of the first one's highest rate).")
     add("")
     add("| events.fsync | highest rate (CALL/s) | server CPU per CALL | p99 at the same load | p99.9 at the same load | server CPU per CALL at the same load |")

@@ -19,6 +19,7 @@ use crate::{
     commands::{self, CommandRejected},
     gateway::Shared,
     handshake::check_charge_point_id,
+    labels::DisconnectReason,
     metrics::any_version_action_label,
     session::{CallOutcome, QueueMode, SessionHandle},
 };
@@ -208,7 +209,7 @@ async fn get_connection(State(shared): State<Arc<Shared>>, Path(id): Path<String
 async fn disconnect(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     match shared.registry.get(&id) {
         Some(handle) => {
-            handle.close(1000, "disconnected_by_operator");
+            handle.close(DisconnectReason::DisconnectedByOperator);
             (
                 StatusCode::ACCEPTED,
                 Json(json!({ "chargePointId": id, "status": "closing" })),

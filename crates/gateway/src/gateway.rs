@@ -27,7 +27,8 @@ use crate::{
     handshake::{Accepted, HandshakePolicy, Refusal},
     http_server::{self, HttpLimits},
     kafka::{self, replies::ReplyRouter, KafkaBus, KafkaSink},
-    metrics::{Metrics, ResultLabels},
+    labels::{ConnectionAttempt, DisconnectReason, HttpListener},
+    metrics::Metrics,
     registry::Registry,
     responder::LocalResponder,
     session::{self, ConnectionInfo, SessionHandle},
@@ -375,7 +376,7 @@ impl Gateway {
             admin_listener,
             admin::router(shared.clone()),
             admin_limits,
-            "admin",
+            HttpListener::Admin,
             shared.metrics.clone(),
             stop_admin.clone(),
         ));
@@ -391,7 +392,7 @@ impl Gateway {
                 listener,
                 crate::metrics::server::router(shared.clone()),
                 limits,
-                "metrics",
+                HttpListener::Metrics,
                 shared.metrics.clone(),
                 stop_admin.clone(),
             ));
@@ -488,11 +489,11 @@ async fn drain_sessions(shared: &Shared) {
     );
     for (i, handle) in handles.iter().enumerate() {
         tokio::time::sleep_until(start + step * i as u32).await;
-        handle.close(1001, "gateway_shutdown");
+        handle.close(DisconnectReason::GatewayShutdown);
     }
     // A handshake that was completing when the drain began registers after the snapshot.
     for handle in shared.registry.all() {
-        handle.close(1001, "gateway_shutdown");
+        handle.close(DisconnectReason::GatewayShutdown);
     }
 }
 
@@ -515,11 +516,7 @@ async fn accept_loop(
                     // descriptors this keeps for the rest of the process.
                     shared
                         .metrics
-                        .connection_attempts
-                        .get_or_create(&ResultLabels {
-                            result: "at_capacity",
-                        })
-                        .inc();
+                        .connection_attempt(ConnectionAttempt::AtCapacity);
                     crate::warn_limited!(%peer, limit = budget.limit, "charge point socket closed at once: the open-file budget is spent");
                     continue;
                 };
@@ -568,7 +565,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         span.in_scope(|| {
             info!(previous_connection_id = %previous.info.connection_id, "replacing the previous connection of this charge point")
         });
-        previous.close(1000, "replaced_by_new_connection");
+        previous.close(DisconnectReason::ReplacedByNewConnection);
     }
     session::run(ws, shared, info, end, accepted.fallback)
         .instrument(span)
@@ -614,25 +611,24 @@ async fn upgrade(
         crate::upgrade::upgrade(stream, peer, ws_config, decide),
     )
     .await;
-    let attempts = &shared.metrics.connection_attempts;
-    let attempt = |result| attempts.get_or_create(&ResultLabels { result }).inc();
+    let attempt = |attempt| shared.metrics.connection_attempt(attempt);
     match upgraded {
         Ok(Ok((ws, accepted))) => {
-            attempt("accepted");
+            attempt(ConnectionAttempt::Accepted);
             Some((ws, accepted))
         }
         Ok(Err(UpgradeError::Refused(refusal))) => {
-            attempt(refusal.label());
+            attempt(refusal.attempt());
             info!(%peer, reason = refusal.label(), error = %refusal, "connection refused");
             None
         }
         Ok(Err(UpgradeError::Io(e))) => {
-            attempt("handshake_failed");
+            attempt(ConnectionAttempt::HandshakeFailed);
             debug!(%peer, error = %e, "WebSocket handshake failed");
             None
         }
         Err(_) => {
-            attempt("handshake_timeout");
+            attempt(ConnectionAttempt::HandshakeTimeout);
             debug!(%peer, "WebSocket handshake timed out");
             None
         }

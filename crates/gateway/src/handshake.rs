@@ -11,6 +11,8 @@
 
 use ocpp::OcppVersion;
 use percent_encoding::percent_decode_str;
+
+use crate::labels::ConnectionAttempt;
 use tokio_tungstenite::tungstenite::{
     handshake::derive_accept_key,
     http::{self, HeaderValue, StatusCode},
@@ -116,21 +118,26 @@ impl Refusal {
         }
     }
 
-    /// A label from a closed set, for logs and metrics.
-    pub fn label(&self) -> &'static str {
+    /// The attempt's result in `ocppgw_connection_attempts_total{result}`.
+    pub fn attempt(&self) -> ConnectionAttempt {
         match self {
             Refusal::MalformedRequest(_)
             | Refusal::RequestHeadTooLarge
             | Refusal::MethodNotAllowed
-            | Refusal::HttpVersionTooOld => "bad_request",
-            Refusal::NotWebSocket => "not_websocket",
-            Refusal::UnsupportedWebSocketVersion => "unsupported_websocket_version",
-            Refusal::BadPath { .. } => "bad_path",
-            Refusal::BadChargePointId(_) => "bad_charge_point_id",
-            Refusal::UnsupportedSubprotocol { .. } => "unsupported_subprotocol",
-            Refusal::AtCapacity => "at_capacity",
-            Refusal::ShuttingDown => "shutting_down",
+            | Refusal::HttpVersionTooOld => ConnectionAttempt::BadRequest,
+            Refusal::NotWebSocket => ConnectionAttempt::NotWebsocket,
+            Refusal::UnsupportedWebSocketVersion => ConnectionAttempt::UnsupportedWebsocketVersion,
+            Refusal::BadPath { .. } => ConnectionAttempt::BadPath,
+            Refusal::BadChargePointId(_) => ConnectionAttempt::BadChargePointId,
+            Refusal::UnsupportedSubprotocol { .. } => ConnectionAttempt::UnsupportedSubprotocol,
+            Refusal::AtCapacity => ConnectionAttempt::AtCapacity,
+            Refusal::ShuttingDown => ConnectionAttempt::ShuttingDown,
         }
+    }
+
+    /// A label from a closed set, for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        self.attempt().as_str()
     }
 
     /// The HTTP response that refuses the upgrade.

@@ -25,7 +25,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::metrics::{ListenerLabels, Metrics};
+use crate::{
+    labels::HttpListener,
+    metrics::{ListenerLabels, Metrics},
+};
 
 /// The paths a probe place serves.
 const PROBE_PATHS: [&str; 3] = ["/livez", "/readyz", "/health"];
@@ -53,11 +56,13 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
-    name: &'static str,
+    name: HttpListener,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let labels = ListenerLabels { listener: name };
+    let labels = ListenerLabels {
+        listener: name.as_str(),
+    };
     let open = metrics.http_connections.get_or_create(&labels).clone();
     let refused = metrics
         .http_connections_refused
@@ -78,7 +83,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    crate::error_limited!(listener = name, error = %e, "accept failed");
+                    crate::error_limited!(listener = name.as_str(), error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -96,7 +101,7 @@ pub async fn serve(
                 ),
                 Err(_) => {
                     refused.inc();
-                    crate::warn_limited!(listener = name, %peer, limit = limits.max_connections, "HTTP connection refused: at the connection limit");
+                    crate::warn_limited!(listener = name.as_str(), %peer, limit = limits.max_connections, "HTTP connection refused: at the connection limit");
                     continue;
                 }
             },

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod handshake;
 pub mod http_server;
 pub mod kafka;
+pub mod labels;
 pub mod metrics;
 pub mod registry;
 pub mod responder;

@@ -10,6 +10,8 @@ pub mod server;
 use std::sync::Arc;
 
 use ocpp::{catalogue, ErrorCode, MessageType, OcppVersion};
+
+use crate::labels::{ConnectionAttempt, DisconnectReason, HttpListener, InvalidFrameKind};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -159,55 +161,6 @@ pub struct Metrics {
     pub http_connections: Family<ListenerLabels, Gauge>,
     pub http_connections_refused: Family<ListenerLabels, Counter>,
 }
-
-/// The closed set of `http_connections{listener}` values.
-pub const HTTP_LISTENERS: [&str; 2] = ["admin", "metrics"];
-
-/// The closed set of `connection_attempts_total{result}` values.
-pub const ATTEMPT_RESULTS: [&str; 11] = [
-    "accepted",
-    "bad_request",
-    "not_websocket",
-    "unsupported_websocket_version",
-    "bad_path",
-    "bad_charge_point_id",
-    "unsupported_subprotocol",
-    "at_capacity",
-    "shutting_down",
-    "handshake_failed",
-    "handshake_timeout",
-];
-
-/// The closed set of `disconnects_total{reason}` values.
-pub const DISCONNECT_REASONS: [&str; 12] = [
-    "connection_lost",
-    "message_too_big",
-    "invalid_utf8",
-    "websocket_protocol_error",
-    "binary_frame",
-    "closed_by_charge_point",
-    "ping_timeout",
-    "too_many_bad_messages",
-    "replaced_by_new_connection",
-    "disconnected_by_operator",
-    "gateway_shutdown",
-    "closed_by_gateway",
-];
-
-/// The closed set of `invalid_frames_total{kind}` values.
-pub const INVALID_FRAME_KINDS: [&str; 11] = [
-    "not_json",
-    "invalid_utf8",
-    "not_array",
-    "bad_message_type",
-    "unsupported_message_type",
-    "bad_message_id",
-    "wrong_length",
-    "bad_field",
-    "duplicate_message_id",
-    "binary",
-    "too_big",
-];
 
 /// Every OCPP-J error code, for `call_errors_total{error_code}`.
 const ERROR_CODES: [ErrorCode; 12] = [
@@ -481,24 +434,27 @@ impl Metrics {
 
     /// Starts the known series at 0, so rates and alerts see them from the first scrape.
     fn initialise(&self, supported: &[OcppVersion], kafka_topics: &[&str]) {
-        for result in ATTEMPT_RESULTS {
-            let _ = self
-                .connection_attempts
-                .get_or_create(&ResultLabels { result });
+        for attempt in ConnectionAttempt::ALL {
+            let _ = self.connection_attempts.get_or_create(&ResultLabels {
+                result: attempt.as_str(),
+            });
         }
-        for reason in DISCONNECT_REASONS {
-            let _ = self.disconnects.get_or_create(&ReasonLabels { reason });
+        for reason in DisconnectReason::ALL {
+            let _ = self.disconnects.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
         }
-        for kind in INVALID_FRAME_KINDS {
-            let _ = self.invalid_frames.get_or_create(&KindLabels { kind });
+        for kind in InvalidFrameKind::ALL {
+            let _ = self.invalid_frames.get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            });
         }
-        for listener in HTTP_LISTENERS {
-            let _ = self
-                .http_connections
-                .get_or_create(&ListenerLabels { listener });
-            let _ = self
-                .http_connections_refused
-                .get_or_create(&ListenerLabels { listener });
+        for listener in HttpListener::ALL {
+            let labels = ListenerLabels {
+                listener: listener.as_str(),
+            };
+            let _ = self.http_connections.get_or_create(&labels);
+            let _ = self.http_connections_refused.get_or_create(&labels);
         }
         for direction in ["inbound", "outbound"] {
             let _ = self
@@ -646,9 +602,20 @@ impl Metrics {
     }
 
     /// Counts one rejected frame.
-    pub fn invalid_frame(&self, kind: &'static str) {
+    pub fn invalid_frame(&self, kind: InvalidFrameKind) {
         self.invalid_frames
-            .get_or_create(&KindLabels { kind })
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a WebSocket handshake's result.
+    pub fn connection_attempt(&self, attempt: ConnectionAttempt) {
+        self.connection_attempts
+            .get_or_create(&ResultLabels {
+                result: attempt.as_str(),
+            })
             .inc();
     }
 

@@ -10,6 +10,8 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+
+use crate::labels::DisconnectReason;
 use ocpp::OcppVersion;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -151,13 +153,12 @@ pub(crate) struct OutboundCall {
     pub reply: oneshot::Sender<CallOutcome>,
 }
 
-/// Why the gateway closes a connection on its own initiative.
+/// Why the gateway closes a connection on its own initiative (the close code follows from
+/// the reason).
 #[derive(Debug, Clone, Copy)]
 pub struct CloseRequest {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Reason label (closed set, used in events and logs).
-    pub reason: &'static str,
+    /// Why: the close frame's reason text, and the `reason` of the `connection.closed` event.
+    pub reason: DisconnectReason,
 }
 
 /// What a call does when the session's queue is full.
@@ -311,11 +312,11 @@ impl SessionHandle {
         lock(&self.mailbox.calls).len()
     }
 
-    /// Asks the session to close with `code` and `reason`; returns at once.
-    pub fn close(&self, code: u16, reason: &'static str) {
+    /// Asks the session to close for `reason` (with its close code); returns at once.
+    pub fn close(&self, reason: DisconnectReason) {
         let mut request = lock(&self.mailbox.close_request);
         if request.is_none() {
-            *request = Some(CloseRequest { code, reason });
+            *request = Some(CloseRequest { reason });
         }
         drop(request);
         self.mailbox.wake.notify_one();

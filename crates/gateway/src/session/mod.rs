@@ -45,33 +45,42 @@ use crate::{
         CONNECTION_OPENED, MESSAGE_RECEIVED,
     },
     gateway::Shared,
+    labels::{DisconnectReason, InvalidFrameKind},
     metrics::{action_label, ReasonLabels, VersionActionLabels, VersionLabels, OTHER},
     telemetry::debug_trace::redact,
 };
 
-/// The `invalid_frames_total{kind}` label of a decoding failure.
-fn frame_error_label(kind: &FrameErrorKind) -> &'static str {
+/// The `invalid_frames_total{kind}` value of a decoding failure.
+fn frame_error_kind(kind: &FrameErrorKind) -> InvalidFrameKind {
     match kind {
-        FrameErrorKind::NotJson(_) => "not_json",
-        FrameErrorKind::NotArray => "not_array",
-        FrameErrorKind::BadMessageTypeId => "bad_message_type",
-        FrameErrorKind::UnsupportedMessageType(_) => "unsupported_message_type",
-        FrameErrorKind::BadMessageId => "bad_message_id",
-        FrameErrorKind::WrongLength { .. } => "wrong_length",
-        FrameErrorKind::BadField(_) => "bad_field",
+        FrameErrorKind::NotJson(_) => InvalidFrameKind::NotJson,
+        FrameErrorKind::NotArray => InvalidFrameKind::NotArray,
+        FrameErrorKind::BadMessageTypeId => InvalidFrameKind::BadMessageType,
+        FrameErrorKind::UnsupportedMessageType(_) => InvalidFrameKind::UnsupportedMessageType,
+        FrameErrorKind::BadMessageId => InvalidFrameKind::BadMessageId,
+        FrameErrorKind::WrongLength { .. } => InvalidFrameKind::WrongLength,
+        FrameErrorKind::BadField(_) => InvalidFrameKind::BadField,
     }
 }
 
 /// How long the gateway waits for the peer's close frame after sending its own.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Why a session ended (closed set: events, logs, metrics).
+/// Why a session ended, and the close code sent or received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndReason {
-    /// Label.
-    pub reason: &'static str,
+    /// Why (events, logs, metrics).
+    pub reason: DisconnectReason,
     /// Close code sent or received.
     pub close_code: Option<u16>,
+}
+
+impl EndReason {
+    /// The connection is gone without a close frame.
+    const LOST: EndReason = EndReason {
+        reason: DisconnectReason::ConnectionLost,
+        close_code: None,
+    };
 }
 
 struct PendingOutbound {
@@ -187,14 +196,14 @@ async fn serve<S>(
         .metrics
         .disconnects
         .get_or_create(&ReasonLabels {
-            reason: ended.reason,
+            reason: ended.reason.as_str(),
         })
         .inc();
     shared.metrics.connection_duration.observe(duration);
-    info!(reason = ended.reason, close_code = ?ended.close_code, duration_seconds = duration, "charge point disconnected");
+    info!(reason = ended.reason.as_str(), close_code = ?ended.close_code, duration_seconds = duration, "charge point disconnected");
     let closed = ClosedData {
         ocpp_version: info.version,
-        reason: ended.reason,
+        reason: ended.reason.as_str(),
         close_code: ended.close_code,
         duration_seconds: duration,
         connection_id: info.connection_id.clone(),
@@ -238,7 +247,7 @@ where
                 (None, false) => None,
             };
             if let Some(request) = self.end.close_request() {
-                return Box::pin(self.close(request.code, request.reason)).await;
+                return Box::pin(self.close(request.reason)).await;
             }
             if self.outbound.is_none() {
                 if let Some(call) = self.end.next_call() {
@@ -287,7 +296,7 @@ where
                     }
                     if self.awaiting_pong_until.is_some() {
                         warn!("no pong within the deadline; closing dead connection");
-                        return EndReason { reason: "ping_timeout", close_code: None };
+                        return EndReason { reason: DisconnectReason::PingTimeout, close_code: None };
                     }
                     if let Err(ended) = self.send(Message::Ping(Default::default())).await { return ended; }
                     self.awaiting_pong_until = Some(Instant::now() + session_config.pong_timeout);
@@ -300,47 +309,35 @@ where
 
     async fn on_message(&mut self, message: Option<Result<Message, WsError>>) -> Option<EndReason> {
         let message = match message {
-            None => {
-                return Some(EndReason {
-                    reason: "connection_lost",
-                    close_code: None,
-                })
-            }
+            None => return Some(EndReason::LOST),
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                 warn!(size, max_size, "message over the size limit");
-                self.shared.metrics.invalid_frame("too_big");
-                return Some(self.close(1009, "message_too_big").await);
+                self.shared.metrics.invalid_frame(InvalidFrameKind::TooBig);
+                return Some(self.close(DisconnectReason::MessageTooBig).await);
             }
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                return Some(EndReason {
-                    reason: "connection_lost",
-                    close_code: None,
-                })
+                return Some(EndReason::LOST)
             }
             Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
-                return Some(EndReason {
-                    reason: "connection_lost",
-                    close_code: None,
-                })
+                return Some(EndReason::LOST)
             }
             Some(Err(WsError::Protocol(e))) => {
                 warn!(error = %e, "WebSocket protocol violation");
-                return Some(self.close(1002, "websocket_protocol_error").await);
+                return Some(self.close(DisconnectReason::WebsocketProtocolError).await);
             }
             // A text frame or a close reason that is not UTF-8: RFC 6455 7.1.7 and 8.1
             // require failing the connection with 1007.
             Some(Err(WsError::Utf8(e))) => {
                 crate::warn_limited!(error = %e, "frame with invalid UTF-8");
-                self.shared.metrics.invalid_frame("invalid_utf8");
-                return Some(self.close(1007, "invalid_utf8").await);
+                self.shared
+                    .metrics
+                    .invalid_frame(InvalidFrameKind::InvalidUtf8);
+                return Some(self.close(DisconnectReason::InvalidUtf8).await);
             }
             Some(Err(e)) => {
                 debug!(error = %e, "connection failed");
-                return Some(EndReason {
-                    reason: "connection_lost",
-                    close_code: None,
-                });
+                return Some(EndReason::LOST);
             }
         };
         self.info.touch();
@@ -350,8 +347,8 @@ where
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
                 warn!("binary frame received; OCPP-J uses text frames only");
-                self.shared.metrics.invalid_frame("binary");
-                Some(self.close(1003, "binary_frame").await)
+                self.shared.metrics.invalid_frame(InvalidFrameKind::Binary);
+                Some(self.close(DisconnectReason::BinaryFrame).await)
             }
             // tungstenite queued the pong; writing it out before reading on means a peer
             // that pings but never reads is read no further (TCP backpressure) and is
@@ -366,7 +363,7 @@ where
                 })
                 .await;
                 Some(EndReason {
-                    reason: "closed_by_charge_point",
+                    reason: DisconnectReason::ClosedByChargePoint,
                     close_code,
                 })
             }
@@ -384,7 +381,7 @@ where
             Err(error) => {
                 self.shared
                     .metrics
-                    .invalid_frame(frame_error_label(&error.kind));
+                    .invalid_frame(frame_error_kind(&error.kind));
                 crate::warn_limited!(error = %error, message_type = ?error.message_type, "invalid frame");
                 if error.warrants_reply() {
                     let reply = error.to_call_error(version);
@@ -427,7 +424,9 @@ where
                         .any(|c| c.message_id == message_id);
                 if duplicate {
                     warn!(%message_id, %action, "CALL reuses a message id that is still in flight");
-                    self.shared.metrics.invalid_frame("duplicate_message_id");
+                    self.shared
+                        .metrics
+                        .invalid_frame(InvalidFrameKind::DuplicateMessageId);
                     let reply = frame::encode_call_error(
                         &message_id,
                         ErrorCode::RpcFrameworkError,
@@ -747,7 +746,7 @@ where
                 count = self.consecutive_bad,
                 "too many consecutive bad messages; closing"
             );
-            return Some(self.close(1008, "too_many_bad_messages").await);
+            return Some(self.close(DisconnectReason::TooManyBadMessages).await);
         }
         None
     }
@@ -826,10 +825,7 @@ where
         timeout: Duration,
         write: impl Future<Output = Result<(), WsError>>,
     ) -> Result<(), EndReason> {
-        let lost = EndReason {
-            reason: "connection_lost",
-            close_code: None,
-        };
+        let lost = EndReason::LOST;
         match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -851,11 +847,12 @@ where
             .max(Duration::from_secs(1))
     }
 
-    /// Sends a close frame and waits briefly for the peer's.
-    async fn close(&mut self, code: u16, reason: &'static str) -> EndReason {
+    /// Sends the close frame of `reason` and waits briefly for the peer's.
+    async fn close(&mut self, reason: DisconnectReason) -> EndReason {
+        let code = reason.close_code().unwrap_or(1000);
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: reason.into(),
+            reason: reason.as_str().into(),
         };
         let sent = tokio::time::timeout(self.write_timeout(), self.ws.close(Some(frame))).await;
         if matches!(sent, Ok(Ok(()))) {

@@ -1,0 +1,184 @@
+//! Closed sets: every value a metric label, an event field or a log field of these kinds
+//! can take, each as an enum with `as_str()` and `ALL`, so that the metrics' series
+//! (started at 0 from `ALL`), the code that records them and docs/metrics.md cannot drift
+//! apart the way hand-kept string lists do.
+
+/// Defines a closed set: the enum, its label strings and the list of all values.
+macro_rules! closed_set {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $($(#[$variant_meta:meta])* $variant:ident => $label:literal),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order the docs list them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The label: the value as metrics, events and logs spell it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+closed_set! {
+    /// Why a charge point connection ended: the `reason` of `connection.closed` events and
+    /// of `ocppgw_disconnects_total`.
+    DisconnectReason {
+        /// The TCP connection ended or failed without a WebSocket close, or a write did not
+        /// complete in time.
+        ConnectionLost => "connection_lost",
+        /// A message or frame over `listener.max_message_size`.
+        MessageTooBig => "message_too_big",
+        /// A text frame or a close reason that is not UTF-8.
+        InvalidUtf8 => "invalid_utf8",
+        /// A WebSocket protocol violation.
+        WebsocketProtocolError => "websocket_protocol_error",
+        /// A binary frame (OCPP-J uses text frames).
+        BinaryFrame => "binary_frame",
+        /// The charge point closed the WebSocket.
+        ClosedByChargePoint => "closed_by_charge_point",
+        /// No pong within `session.pong_timeout`.
+        PingTimeout => "ping_timeout",
+        /// `session.bad_message_limit` consecutive bad messages.
+        TooManyBadMessages => "too_many_bad_messages",
+        /// The same charge point id connected again.
+        ReplacedByNewConnection => "replaced_by_new_connection",
+        /// `DELETE /api/v1/connections/{id}`.
+        DisconnectedByOperator => "disconnected_by_operator",
+        /// Graceful shutdown.
+        GatewayShutdown => "gateway_shutdown",
+        /// A gateway-side close with no recorded reason (no code path produces it).
+        ClosedByGateway => "closed_by_gateway",
+    }
+}
+
+impl DisconnectReason {
+    /// The close code the gateway sends when it ends a connection for this reason; `None`
+    /// where it drops the connection without a close frame, or the charge point closed.
+    pub fn close_code(self) -> Option<u16> {
+        match self {
+            DisconnectReason::ConnectionLost
+            | DisconnectReason::PingTimeout
+            | DisconnectReason::ClosedByChargePoint => None,
+            DisconnectReason::MessageTooBig => Some(1009),
+            DisconnectReason::InvalidUtf8 => Some(1007),
+            DisconnectReason::WebsocketProtocolError => Some(1002),
+            DisconnectReason::BinaryFrame => Some(1003),
+            DisconnectReason::TooManyBadMessages => Some(1008),
+            DisconnectReason::ReplacedByNewConnection
+            | DisconnectReason::DisconnectedByOperator => Some(1000),
+            DisconnectReason::GatewayShutdown | DisconnectReason::ClosedByGateway => Some(1001),
+        }
+    }
+}
+
+closed_set! {
+    /// How a WebSocket handshake on the OCPP listener ended:
+    /// `ocppgw_connection_attempts_total{result}`.
+    ConnectionAttempt {
+        /// Upgraded.
+        Accepted => "accepted",
+        /// Not valid HTTP/1.1, an oversized head, not `GET`, or no key.
+        BadRequest => "bad_request",
+        /// A plain HTTP request.
+        NotWebsocket => "not_websocket",
+        /// A WebSocket version other than 13.
+        UnsupportedWebsocketVersion => "unsupported_websocket_version",
+        /// Not `{prefix}/{id}`.
+        BadPath => "bad_path",
+        /// An id no charge point may have.
+        BadChargePointId => "bad_charge_point_id",
+        /// No supported subprotocol offered.
+        UnsupportedSubprotocol => "unsupported_subprotocol",
+        /// `listener.max_connections` reached, or the open-file budget spent.
+        AtCapacity => "at_capacity",
+        /// Refused during shutdown.
+        ShuttingDown => "shutting_down",
+        /// The connection failed during the handshake.
+        HandshakeFailed => "handshake_failed",
+        /// The handshake did not complete within `listener.handshake_timeout`.
+        HandshakeTimeout => "handshake_timeout",
+    }
+}
+
+closed_set! {
+    /// Why a frame was rejected before dispatch: `ocppgw_invalid_frames_total{kind}`.
+    InvalidFrameKind {
+        /// Not JSON.
+        NotJson => "not_json",
+        /// A text frame that is not UTF-8.
+        InvalidUtf8 => "invalid_utf8",
+        /// JSON, but not an array.
+        NotArray => "not_array",
+        /// The message type id is not a number.
+        BadMessageType => "bad_message_type",
+        /// A message type the version does not have.
+        UnsupportedMessageType => "unsupported_message_type",
+        /// The message id is not a string of at most 36 characters.
+        BadMessageId => "bad_message_id",
+        /// The array has the wrong number of elements.
+        WrongLength => "wrong_length",
+        /// Another element has the wrong type.
+        BadField => "bad_field",
+        /// A CALL reusing the id of a CALL still in flight.
+        DuplicateMessageId => "duplicate_message_id",
+        /// A binary frame.
+        Binary => "binary",
+        /// Over `listener.max_message_size`.
+        TooBig => "too_big",
+    }
+}
+
+closed_set! {
+    /// The gateway's HTTP listeners: `ocppgw_http_connections{listener}`.
+    HttpListener {
+        /// The admin API (`admin.address`).
+        Admin => "admin",
+        /// The metrics endpoint (`metrics.address`).
+        Metrics => "metrics",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unique_within_each_set() {
+        fn unique<T: Copy>(all: &[T], label: impl Fn(T) -> &'static str) {
+            let mut labels: Vec<&str> = all.iter().map(|value| label(*value)).collect();
+            labels.sort();
+            labels.dedup();
+            assert_eq!(labels.len(), all.len());
+        }
+        unique(DisconnectReason::ALL, DisconnectReason::as_str);
+        unique(ConnectionAttempt::ALL, ConnectionAttempt::as_str);
+        unique(InvalidFrameKind::ALL, InvalidFrameKind::as_str);
+        unique(HttpListener::ALL, HttpListener::as_str);
+    }
+
+    #[test]
+    fn the_gateway_closes_with_a_code_exactly_when_it_sends_a_close_frame() {
+        use DisconnectReason::*;
+        for reason in [ConnectionLost, PingTimeout, ClosedByChargePoint] {
+            assert_eq!(reason.close_code(), None, "{reason}");
+        }
+        assert_eq!(InvalidUtf8.close_code(), Some(1007));
+        assert_eq!(GatewayShutdown.close_code(), Some(1001));
+    }
+}
