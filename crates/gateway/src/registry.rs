@@ -3,7 +3,9 @@
 //! A later cluster registry (Redis) records the owner instance of each charge point; this
 //! local registry stays the source of truth for the sessions this process holds.
 
-use std::{collections::BTreeMap, sync::RwLock};
+use std::collections::BTreeMap;
+
+use parking_lot::RwLock;
 
 use crate::session::SessionHandle;
 
@@ -16,14 +18,15 @@ pub struct Registry {
 impl Registry {
     /// Registers `handle`, returning the session it replaces for the same charge point.
     pub fn insert(&self, handle: SessionHandle) -> Option<SessionHandle> {
-        self.write()
+        self.sessions
+            .write()
             .insert(handle.info.charge_point_id.clone(), handle)
     }
 
     /// Removes the session of `charge_point_id` only if it is still `connection_id`
     /// (a replaced session must not remove its successor).
     pub fn remove(&self, charge_point_id: &str, connection_id: &str) -> bool {
-        let mut sessions = self.write();
+        let mut sessions = self.sessions.write();
         let current = sessions
             .get(charge_point_id)
             .is_some_and(|h| h.info.connection_id == connection_id);
@@ -35,13 +38,13 @@ impl Registry {
 
     /// The session of `charge_point_id`, if connected here.
     pub fn get(&self, charge_point_id: &str) -> Option<SessionHandle> {
-        self.read().get(charge_point_id).cloned()
+        self.sessions.read().get(charge_point_id).cloned()
     }
 
     /// Up to `limit` sessions with ids after `after`, in id order.
     pub fn page(&self, after: Option<&str>, limit: usize) -> Vec<SessionHandle> {
         use std::ops::Bound;
-        let sessions = self.read();
+        let sessions = self.sessions.read();
         let start = match after {
             Some(after) => Bound::Excluded(after.to_owned()),
             None => Bound::Unbounded,
@@ -55,25 +58,17 @@ impl Registry {
 
     /// Every session.
     pub fn all(&self) -> Vec<SessionHandle> {
-        self.read().values().cloned().collect()
+        self.sessions.read().values().cloned().collect()
     }
 
     /// How many charge points are connected.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.sessions.read().len()
     }
 
     /// Whether no charge point is connected.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, SessionHandle>> {
-        self.sessions.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, SessionHandle>> {
-        self.sessions.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 

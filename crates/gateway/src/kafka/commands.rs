@@ -9,9 +9,11 @@
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 use chrono::{DateTime, Utc};
 use rdkafka::{
@@ -247,10 +249,7 @@ async fn run_once(
             message.offset(),
         );
         let record = message.payload().unwrap_or_default().to_vec();
-        offsets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .start(partition, offset);
+        offsets.lock().start(partition, offset);
         let (shared, bus, dedup, offsets, consumer, stop) = (
             shared.clone(),
             bus.clone(),
@@ -298,7 +297,7 @@ async fn run_once(
                     return;
                 }
                 // Committed under the lock: two tasks must not commit out of order.
-                let mut tracker = offsets.lock().unwrap_or_else(|e| e.into_inner());
+                let mut tracker = offsets.lock();
                 if let Some(position) = tracker.finish(partition, offset) {
                     let mut commit = TopicPartitionList::new();
                     if commit
@@ -390,11 +389,7 @@ async fn handle(
             };
         }
     };
-    if !dedup
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .first_sighting(&command.command_id)
-    {
+    if !dedup.lock().first_sighting(&command.command_id) {
         info!(command_id = %command.command_id, "duplicate command id within the window; not sent again");
         return None;
     }

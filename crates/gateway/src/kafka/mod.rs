@@ -13,10 +13,12 @@ pub mod stats;
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, RwLock,
+        Arc,
     },
     time::Duration,
 };
+
+use parking_lot::{Mutex, RwLock};
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -166,10 +168,7 @@ impl KafkaBus {
     }
 
     fn producer(&self) -> Arc<FutureProducer<StatsContext>> {
-        self.producer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.producer.read().clone()
     }
 
     /// Replaces `failed` with a new producer when `error` shows that its idempotence
@@ -200,7 +199,7 @@ impl KafkaBus {
                 _ => return,
             },
         };
-        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.producer.write();
         if !Arc::ptr_eq(&current, failed) {
             return;
         }
@@ -217,10 +216,7 @@ impl KafkaBus {
         &self,
         consumer: Option<Arc<rdkafka::consumer::StreamConsumer<StatsContext>>>,
     ) {
-        let mut slot = self
-            .command_consumer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.command_consumer.lock();
         if consumer.is_some() {
             slot.last_error = None;
         }
@@ -228,10 +224,7 @@ impl KafkaBus {
     }
 
     pub(crate) fn set_command_consumer_error(&self, error: String) {
-        self.command_consumer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_error = Some(error);
+        self.command_consumer.lock().last_error = Some(error);
     }
 
     /// The command consumer's state for `/health`: `assigned` with its partitions,
@@ -239,10 +232,7 @@ impl KafkaBus {
     /// another member holds them all), or `down` with the reason it is not running.
     pub fn command_consumer_health(&self) -> serde_json::Value {
         use rdkafka::consumer::Consumer;
-        let slot = self
-            .command_consumer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let slot = self.command_consumer.lock();
         match &slot.consumer {
             Some(consumer) => {
                 let partitions: Vec<i32> = consumer
@@ -283,11 +273,7 @@ impl KafkaBus {
     /// why not.
     pub fn readiness(&self) -> Result<(), String> {
         if self.connected.load(Ordering::Relaxed) && self.topics_ready.load(Ordering::Relaxed) {
-            let deliveries = self
-                .deliveries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .health(std::time::Instant::now());
+            let deliveries = self.deliveries.lock().health(std::time::Instant::now());
             match deliveries.status {
                 "down" => Err(format!(
                     "Kafka deliveries failing: {}",
@@ -299,7 +285,6 @@ impl KafkaBus {
             Err(self
                 .last_error
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
                 .clone()
                 .unwrap_or_else(|| "Kafka not ready".to_owned()))
         }
@@ -381,7 +366,7 @@ impl KafkaBus {
             };
             bus.count(topic_label, event_type, outcome.is_ok(), started);
             {
-                let mut deliveries = bus.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+                let mut deliveries = bus.deliveries.lock();
                 match &outcome {
                     Ok(()) => deliveries.succeeded(),
                     Err(e) => deliveries.failed(e.to_string(), std::time::Instant::now()),
@@ -469,7 +454,7 @@ impl KafkaBus {
                         }
                     }
                     if self.topics_ready.load(Ordering::Relaxed) {
-                        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        *self.last_error.lock() = None;
                     }
                 }
                 Ok(Ok(_)) => self.lost("no brokers in metadata".to_owned()),
@@ -491,7 +476,7 @@ impl KafkaBus {
     }
 
     fn set_error(&self, error: String) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        *self.last_error.lock() = Some(error);
     }
 
     /// The four topics the gateway uses.

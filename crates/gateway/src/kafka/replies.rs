@@ -4,11 +4,9 @@
 //! the end, and keeps the replies whose (charge point, message id) it is waiting for: in
 //! a cluster, the instance holding the charge point's connection is the one waiting.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
 
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
@@ -96,11 +94,7 @@ impl ReplyWait {
 
 impl Drop for ReplyWait {
     fn drop(&mut self) {
-        let mut waiting = self
-            .router
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.router.waiting.lock();
         if waiting
             .get(&self.key)
             .is_some_and(|(number, _)| *number == self.number)
@@ -119,10 +113,7 @@ impl ReplyRouter {
             .next_wait
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), (number, sender));
+        self.waiting.lock().insert(key.clone(), (number, sender));
         ReplyWait {
             router: self.clone(),
             key,
@@ -157,11 +148,7 @@ impl ReplyRouter {
             }
         };
         let key = (record.charge_point_id, record.message_id);
-        let waiter = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        let waiter = self.waiting.lock().remove(&key);
         Ok(waiter.is_some_and(|(_, waiter)| waiter.send(reply).is_ok()))
     }
 
@@ -304,7 +291,7 @@ mod tests {
             .is_err());
         let wait = router.expect("CP", "m");
         drop(wait);
-        assert!(router.waiting.lock().unwrap().is_empty());
+        assert!(router.waiting.lock().is_empty());
         let wait = router.expect("CP", "m");
         assert_eq!(wait.wait(Duration::from_millis(10)).await, None);
 

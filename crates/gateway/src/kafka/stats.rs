@@ -1,10 +1,9 @@
 //! librdkafka statistics turned into metrics: broker connections, round trips, errors,
 //! and the command consumer's lag.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::Mutex;
 
 use rdkafka::{client::ClientContext, consumer::ConsumerContext, Statistics};
 
@@ -58,7 +57,7 @@ impl ClientContext for StatsContext {
                     .set(rtt.avg as f64 / 1_000_000.0);
             }
             let total = broker.txerrs + broker.rxerrs + broker.req_timeouts;
-            let mut last = self.broker_errors.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self.broker_errors.lock();
             let previous = last.insert(broker.nodeid, total).unwrap_or(0);
             let counter = self.metrics.kafka_broker_errors.get_or_create(&labels);
             counter.inc_by(total.saturating_sub(previous));

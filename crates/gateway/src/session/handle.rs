@@ -4,10 +4,12 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicI64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 use chrono::{DateTime, Utc};
 
@@ -81,14 +83,11 @@ impl ConnectionInfo {
 
     /// The gateway's CALL in flight, if any.
     pub fn pending_call(&self) -> Option<PendingCallInfo> {
-        self.pending_call
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.pending_call.lock().clone()
     }
 
     pub(crate) fn set_pending_call(&self, pending: Option<PendingCallInfo>) {
-        *self.pending_call.lock().unwrap_or_else(|e| e.into_inner()) = pending;
+        *self.pending_call.lock() = pending;
     }
 }
 
@@ -200,16 +199,12 @@ pub(crate) struct SessionEnd {
 impl SessionEnd {
     /// The close requested through a handle, if any.
     pub fn close_request(&self) -> Option<CloseRequest> {
-        *self
-            .mailbox
-            .close_request
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *self.mailbox.close_request.lock()
     }
 
     /// The oldest queued call, if any; its place is free again.
     pub fn next_call(&self) -> Option<Box<OutboundCall>> {
-        let call = lock(&self.mailbox.calls).pop_front()?;
+        let call = self.mailbox.calls.lock().pop_front()?;
         self.mailbox.room.add_permits(1);
         Some(call)
     }
@@ -222,14 +217,10 @@ impl SessionEnd {
 
     /// Refuses further calls and returns the ones still queued.
     pub fn close_queue(&self) -> Vec<OutboundCall> {
-        let mut calls = lock(&self.mailbox.calls);
+        let mut calls = self.mailbox.calls.lock();
         self.mailbox.room.close();
         calls.drain(..).map(|call| *call).collect()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl SessionHandle {
@@ -289,7 +280,7 @@ impl SessionHandle {
             }
         };
         {
-            let mut calls = lock(&self.mailbox.calls);
+            let mut calls = self.mailbox.calls.lock();
             // The session closes `room` under this lock before draining: a call pushed
             // here is either drained by it or seen closed now, never stranded.
             if self.mailbox.room.is_closed() {
@@ -309,12 +300,12 @@ impl SessionHandle {
 
     /// How many calls wait behind the one in flight.
     pub fn queued_calls(&self) -> usize {
-        lock(&self.mailbox.calls).len()
+        self.mailbox.calls.lock().len()
     }
 
     /// Asks the session to close for `reason` (with its close code); returns at once.
     pub fn close(&self, reason: DisconnectReason) {
-        let mut request = lock(&self.mailbox.close_request);
+        let mut request = self.mailbox.close_request.lock();
         if request.is_none() {
             *request = Some(CloseRequest { reason });
         }

@@ -13,9 +13,11 @@ use std::{
     fs::File,
     io::{self, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 use futures_util::{future::BoxFuture, FutureExt};
 use tokio::sync::{mpsc, oneshot};
@@ -292,7 +294,7 @@ async fn collect(
         };
         let outcome = result.map_err(|e| SinkError::Unavailable(e.to_string()));
         {
-            let mut failures = failures.lock().unwrap_or_else(|e| e.into_inner());
+            let mut failures = failures.lock();
             match &outcome {
                 Ok(()) => failures.succeeded(),
                 Err(e) => {
@@ -360,10 +362,7 @@ impl EventSink for EmbeddedSink {
     }
 
     fn health(&self) -> ComponentHealth {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .health(std::time::Instant::now())
+        self.failures.lock().health(std::time::Instant::now())
     }
 }
 
@@ -436,18 +435,18 @@ mod tests {
         }
 
         fn set_room(&self, room: Option<usize>) {
-            *self.room.lock().unwrap() = room;
+            *self.room.lock() = room;
         }
     }
 
     impl AppendOnly for FillingDisk {
         fn length(&mut self) -> io::Result<u64> {
-            self.file.lock().unwrap().length()
+            self.file.lock().length()
         }
 
         fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-            let mut room = self.room.lock().unwrap();
-            let mut file = self.file.lock().unwrap();
+            let mut room = self.room.lock();
+            let mut file = self.file.lock();
             match *room {
                 Some(left) if left < bytes.len() => {
                     file.append(&bytes[..left])?;
@@ -463,15 +462,15 @@ mod tests {
         }
 
         fn cut_back(&mut self, length: u64) -> io::Result<()> {
-            if *self.cut_back_fails.lock().unwrap() {
+            if *self.cut_back_fails.lock() {
                 return Err(io::Error::other("cut back refused"));
             }
-            self.file.lock().unwrap().cut_back(length)
+            self.file.lock().cut_back(length)
         }
 
         fn sync(&mut self) -> io::Result<()> {
-            *self.syncs.lock().unwrap() += 1;
-            self.file.lock().unwrap().sync()
+            *self.syncs.lock() += 1;
+            self.file.lock().sync()
         }
     }
 
@@ -549,12 +548,12 @@ mod tests {
         let (path, disk, sink) = sink_on_filling_disk(&dir, Fsync::Off, Duration::from_secs(3600));
         write(&sink, "before").await.unwrap();
         disk.set_room(Some(10));
-        *disk.cut_back_fails.lock().unwrap() = true;
+        *disk.cut_back_fails.lock() = true;
         assert!(write(&sink, "torn").await.is_err());
         disk.set_room(None);
         // Still cannot cut back: nothing may be appended after the torn line.
         assert!(write(&sink, "refused").await.is_err());
-        *disk.cut_back_fails.lock().unwrap() = false;
+        *disk.cut_back_fails.lock() = false;
         write(&sink, "after").await.unwrap();
         assert_eq!(message_ids(&path), ["before", "after"]);
     }
@@ -564,9 +563,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, disk, sink) = sink_on_filling_disk(&dir, Fsync::PerBatch, Duration::from_secs(5));
         write(&sink, "1").await.unwrap();
-        assert_eq!(*disk.syncs.lock().unwrap(), 1);
+        assert_eq!(*disk.syncs.lock(), 1);
         write(&sink, "2").await.unwrap();
-        assert_eq!(*disk.syncs.lock().unwrap(), 2);
+        assert_eq!(*disk.syncs.lock(), 2);
     }
 
     #[tokio::test]

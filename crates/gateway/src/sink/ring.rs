@@ -1,6 +1,8 @@
 //! The last N events in memory, for `GET /api/v1/events`.
 
-use std::{collections::VecDeque, sync::Arc, sync::Mutex};
+use std::{collections::VecDeque, sync::Arc};
+
+use parking_lot::Mutex;
 
 use crate::event::Event;
 
@@ -21,7 +23,7 @@ impl EventRing {
 
     /// Adds an event, dropping the oldest when full.
     pub fn push(&self, event: Arc<Event>) {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events = self.events.lock();
         if events.len() == self.capacity {
             events.pop_front();
         }
@@ -30,7 +32,7 @@ impl EventRing {
 
     /// The newest `limit` events (about `charge_point_id`, when given), oldest first.
     pub fn recent(&self, charge_point_id: Option<&str>, limit: usize) -> Vec<Arc<Event>> {
-        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let events = self.events.lock();
         let mut newest: Vec<Arc<Event>> = events
             .iter()
             .rev()

@@ -4,12 +4,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex,
-    },
+    sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -56,7 +55,7 @@ impl DebugTraces {
     /// Traces `charge_point_id` for `duration`; returns when the trace ends.
     pub fn start(&self, charge_point_id: &str, duration: Duration) -> DateTime<Utc> {
         let until = Utc::now() + chrono::Duration::from_std(duration).unwrap_or_default();
-        let mut traces = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        let mut traces = self.until.lock();
         if traces.insert(charge_point_id.to_owned(), until).is_none() {
             self.active.fetch_add(1, Ordering::Relaxed);
         }
@@ -66,11 +65,7 @@ impl DebugTraces {
     /// Ends the trace of `charge_point_id`; `false` when there was none (or it had
     /// already run out).
     pub fn stop(&self, charge_point_id: &str) -> bool {
-        let removed = self
-            .until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(charge_point_id);
+        let removed = self.until.lock().remove(charge_point_id);
         if removed.is_some() {
             self.active.fetch_sub(1, Ordering::Relaxed);
         }
@@ -83,7 +78,6 @@ impl DebugTraces {
         let mut traces: Vec<_> = self
             .until
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(_, until)| **until > now)
             .map(|(id, until)| (id.clone(), *until))
@@ -97,7 +91,7 @@ impl DebugTraces {
         if self.active.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let mut traces = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        let mut traces = self.until.lock();
         match traces.get(charge_point_id) {
             None => false,
             Some(until) if *until > Utc::now() => true,

@@ -6,10 +6,9 @@ pub mod debug_trace;
 pub mod limit;
 pub mod traces;
 
-use std::{
-    io::IsTerminal,
-    sync::{Mutex, OnceLock},
-};
+use std::{io::IsTerminal, sync::OnceLock};
+
+use parking_lot::Mutex;
 
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
 
@@ -34,9 +33,7 @@ pub enum LogLevelError {
 
 /// The log filter in force, when the gateway's subscriber is installed.
 pub fn log_level() -> Option<String> {
-    LOG_FILTER
-        .get()
-        .map(|(_, current)| current.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    LOG_FILTER.get().map(|(_, current)| current.lock().clone())
 }
 
 /// Replaces the log filter at run time (e.g. `debug` or `info,charge_point_gateway=debug`).
@@ -45,7 +42,7 @@ pub fn set_log_level(directives: &str) -> Result<(), LogLevelError> {
     let filter =
         EnvFilter::try_new(directives).map_err(|e| LogLevelError::Invalid(e.to_string()))?;
     reload(filter).map_err(|e| LogLevelError::Invalid(e.to_string()))?;
-    *current.lock().unwrap_or_else(|e| e.into_inner()) = directives.to_owned();
+    *current.lock() = directives.to_owned();
     Ok(())
 }
 
