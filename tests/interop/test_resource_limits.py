@@ -14,7 +14,9 @@ import pytest
 from conftest import DEFAULT_BIN, Gateway
 
 OPEN_FILES = 400
-SLOW_CLIENTS = 380
+# More than the process may open: without a budget, accept() fails with EMFILE and the
+# probe times out (seen with the gateway before the budget existed).
+SLOW_CLIENTS = 450
 
 
 @pytest.fixture
