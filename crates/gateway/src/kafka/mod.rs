@@ -348,8 +348,9 @@ impl KafkaBus {
                 }
                 Err((e, _)) => {
                     self.recover_from_fatal(&producer, &e);
-                    self.count(topic_label, event_type, false, started);
-                    return Err(SinkError::Unavailable(e.to_string()));
+                    let refused = SinkError::Unavailable(e.to_string());
+                    self.record_outcome(topic_label, event_type, &Err(refused.clone()), started);
+                    return Err(refused);
                 }
             }
         };
@@ -364,14 +365,7 @@ impl KafkaBus {
                 }
                 Err(_) => Err(SinkError::Closed),
             };
-            bus.count(topic_label, event_type, outcome.is_ok(), started);
-            {
-                let mut deliveries = bus.deliveries.lock();
-                match &outcome {
-                    Ok(()) => deliveries.succeeded(),
-                    Err(e) => deliveries.failed(e.to_string(), std::time::Instant::now()),
-                }
-            }
+            bus.record_outcome(topic_label, event_type, &outcome, started);
             if outcome.is_err() {
                 span.record("otel.status_code", "error");
             }
@@ -382,13 +376,23 @@ impl KafkaBus {
         Ok(acked)
     }
 
-    fn count(
+    /// Counts a record's outcome in the metrics and in the failures readiness follows,
+    /// whether librdkafka refused it at once or the brokers answered.
+    fn record_outcome(
         &self,
         topic: &'static str,
         event_type: &'static str,
-        ok: bool,
+        result: &Result<(), SinkError>,
         started: std::time::Instant,
     ) {
+        {
+            let mut deliveries = self.deliveries.lock();
+            match result {
+                Ok(()) => deliveries.succeeded(),
+                Err(e) => deliveries.failed(e.to_string(), std::time::Instant::now()),
+            }
+        }
+        let ok = result.is_ok();
         let outcome = if ok { "ok" } else { "error" };
         self.metrics
             .kafka_produce
