@@ -1,7 +1,8 @@
 """Fixtures for the OCPP interop tests.
 
-One gateway process (the real binary) is started per test session; every test
-uses its own charge point id, so tests don't see each other's state.
+One gateway process (the real binary, started by tests/support/gateway.py) is started
+per test session; every test uses its own charge point id, so tests don't see each
+other's state.
 """
 
 from __future__ import annotations
@@ -9,24 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 import websockets
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "charge-point-gateway"
+from support.gateway import Gateway, gateway_binary
 
-STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 20.0
 # Upper bound for any single OCPP round trip or admin HTTP request.
 STEP_TIMEOUT_S = 15.0
@@ -39,191 +33,12 @@ CP_RESPONSE_TIMEOUT_S = 10
 # --------------------------------------------------------------------------
 
 
-def _log_message(obj: dict):
-    msg = obj.get("message")
-    if msg is None and isinstance(obj.get("fields"), dict):
-        msg = obj["fields"].get("message")
-    return msg
-
-
-def _log_address(obj: dict):
-    addr = obj.get("address")
-    if addr is None and isinstance(obj.get("fields"), dict):
-        addr = obj["fields"].get("address")
-    return addr
-
-
-class Gateway:
-    """A running charge-point-gateway process, with its stderr collected."""
-
-    def __init__(self, binary: Path, extra_env: dict | None = None, open_files: int | None = None):
-        """`extra_env` adds CPGW_* settings; `open_files` caps the process's open files
-        (RLIMIT_NOFILE, soft and hard)."""
-        self.binary = binary
-        self.extra_env = extra_env or {}
-        self.open_files = open_files
-        self.argv = [
-            str(binary),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            # Not the default 0.0.0.0:9090, which may be taken (e.g. by a Prometheus).
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--events",
-            "none",
-        ]
-        self.ocpp_addr: str | None = None
-        self.admin_addr: str | None = None
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
-        self._bound = threading.Condition(self._lock)
-        self._eof = False
-        self.proc: subprocess.Popen | None = None
-        self._reader: threading.Thread | None = None
-
-    # -- stderr handling ---------------------------------------------------
-
-    def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            with self._lock:
-                self._lines.append(line)
-                if self.ocpp_addr is None or self.admin_addr is None:
-                    self._note_bound(line)
-                    self._bound.notify_all()
-        with self._lock:
-            self._eof = True
-            self._bound.notify_all()
-
-    def _note_bound(self, line: str) -> None:
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            return
-        if not isinstance(obj, dict):
-            return
-        msg = _log_message(obj)
-        addr = _log_address(obj)
-        if not isinstance(addr, str):
-            return
-        if msg == "ocpp listener bound":
-            self.ocpp_addr = addr
-        elif msg == "admin listener bound":
-            self.admin_addr = addr
-
-    def log_text(self, last: int | None = None) -> str:
-        with self._lock:
-            lines = list(self._lines)
-        if last is not None:
-            lines = lines[-last:]
-        return "\n".join(lines)
-
-    def log_lines_matching(self, needle: str, last: int = 200) -> str:
-        with self._lock:
-            lines = [line for line in self._lines if needle in line]
-        return "\n".join(lines[-last:])
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def start(self) -> None:
-        # The gateway reads `CPGW_*` variables as configuration (which is why
-        # the binary's path is GATEWAY_BIN, not a CPGW_* name). Every CPGW_* is
-        # dropped so that the command line alone decides the configuration.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CPGW_")}
-        env.setdefault("RUST_BACKTRACE", "1")
-        env.update(self.extra_env)
-        limit = self.open_files
-
-        def limit_open_files():
-            if limit is not None:
-                import resource
-
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            preexec_fn=limit_open_files if limit is not None else None,
-        )
-        self._reader = threading.Thread(
-            target=self._drain, name="gateway-stderr", daemon=True
-        )
-        self._reader.start()
-
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        with self._lock:
-            while self.ocpp_addr is None or self.admin_addr is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._eof:
-                    break
-                self._bound.wait(timeout=min(remaining, 0.5))
-            ready = self.ocpp_addr is not None and self.admin_addr is not None
-        if not ready:
-            exited = self.proc.poll()
-            if exited is None and self._eof:
-                # stderr closed: the process is exiting; collect its code.
-                try:
-                    exited = self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-            self.kill()
-            why = (
-                f"exited with code {exited}"
-                if exited is not None
-                else f"did not report both listeners within {STARTUP_TIMEOUT_S:.0f} s"
-            )
-            raise RuntimeError(
-                f"gateway {why} (ocpp={self.ocpp_addr}, admin={self.admin_addr}).\n"
-                f"command: {' '.join(self.argv)}\n"
-                f"stderr so far:\n{self.log_text() or '<empty>'}"
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-
-    def stop(self) -> int:
-        """SIGTERM, wait for exit, return the exit code (kill if it hangs)."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise AssertionError(
-                    f"gateway did not exit within {SHUTDOWN_TIMEOUT_S:.0f} s of "
-                    f"SIGTERM; killed.\nlast stderr:\n{self.log_text(last=50)}"
-                )
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        return self.proc.returncode
-
-
 _RUNNING: Gateway | None = None
 
 
 @pytest.fixture(scope="session")
 def gateway():
-    binary = Path(os.environ.get("GATEWAY_BIN") or DEFAULT_BIN)
-    if not binary.is_file():
-        pytest.fail(
-            f"gateway binary not found at {binary} "
-            "(build it with `cargo build`, or set GATEWAY_BIN)",
-            pytrace=False,
-        )
-    gw = Gateway(binary)
+    gw = Gateway(gateway_binary())
     gw.start()
     global _RUNNING
     _RUNNING = gw
@@ -231,7 +46,12 @@ def gateway():
         yield gw
     finally:
         _RUNNING = None
-        code = gw.stop()
+        code = gw.stop(SHUTDOWN_TIMEOUT_S)
+        if code is None:
+            raise AssertionError(
+                f"gateway did not exit within {SHUTDOWN_TIMEOUT_S:.0f} s of "
+                f"SIGTERM; killed.\nlast stderr:\n{gw.log_text(last=50)}"
+            )
         assert code == 0, (
             f"gateway exited with code {code} after SIGTERM (graceful shutdown "
             f"should exit 0).\nlast stderr:\n{gw.log_text(last=50)}"

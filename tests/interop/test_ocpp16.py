@@ -19,10 +19,11 @@ from ocpp.v16.enums import (
     ResetStatus,
 )
 
+from support.events import MESSAGE_RECEIVED, assert_cloudevent, message_events
+
 pytestmark = pytest.mark.asyncio
 
 SUBPROTOCOL = "ocpp1.6"
-MESSAGE_RECEIVED = "chargepointgateway.message.received"
 
 
 def now() -> str:
@@ -66,25 +67,6 @@ async def boot(cp, call_fn):
     )
     assert result.status == RegistrationStatus.accepted
     return result
-
-
-def assert_cloudevent(event: dict, cp_id: str) -> None:
-    for attr in ("id", "source", "type"):
-        assert isinstance(event.get(attr), str) and event[attr], (attr, event)
-    assert event.get("specversion") == "1.0", event
-    assert event.get("subject") == cp_id, event
-    assert "data" in event, event
-
-
-def message_events(events: list[dict]) -> dict[str, dict]:
-    """Inbound-message events, keyed by OCPP message id."""
-    return {
-        e["data"]["messageId"]: e
-        for e in events
-        if e.get("type") == MESSAGE_RECEIVED
-        and isinstance(e.get("data"), dict)
-        and "messageId" in e["data"]
-    }
 
 
 async def test_boot_notification(open_cp, cp_id, cp_call):

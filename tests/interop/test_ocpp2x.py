@@ -19,9 +19,9 @@ import ocpp.v201
 import pytest
 from ocpp.routing import on
 
-pytestmark = pytest.mark.asyncio
+from support.events import MESSAGE_RECEIVED, assert_cloudevent, message_events
 
-MESSAGE_RECEIVED = "chargepointgateway.message.received"
+pytestmark = pytest.mark.asyncio
 
 
 def charge_point_class(package: ModuleType, name: str) -> type:
@@ -120,25 +120,6 @@ async def boot(v: Ocpp2x, cp, call_fn):
     )
     assert result.status == v.enums.RegistrationStatusEnumType.accepted
     return result
-
-
-def assert_cloudevent(event: dict, cp_id: str) -> None:
-    for attr in ("id", "source", "type"):
-        assert isinstance(event.get(attr), str) and event[attr], (attr, event)
-    assert event.get("specversion") == "1.0", event
-    assert event.get("subject") == cp_id, event
-    assert "data" in event, event
-
-
-def message_events(events: list[dict]) -> dict[str, dict]:
-    """Inbound-message events, keyed by OCPP message id."""
-    return {
-        e["data"]["messageId"]: e
-        for e in events
-        if e.get("type") == MESSAGE_RECEIVED
-        and isinstance(e.get("data"), dict)
-        and "messageId" in e["data"]
-    }
 
 
 async def test_boot_notification(version, open_cp, cp_id, cp_call):

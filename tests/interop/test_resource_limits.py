@@ -2,16 +2,14 @@
 descriptors the rest of the process needs are closed at once, so the admin API's probes
 keep answering and accept() never fails with EMFILE."""
 
-import os
 import select
 import socket
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_BIN, Gateway
+from support.gateway import Gateway, gateway_binary
 
 OPEN_FILES = 400
 # More than the process may open: without a budget, accept() fails with EMFILE and the
@@ -21,8 +19,7 @@ SLOW_CLIENTS = 450
 
 @pytest.fixture
 def limited_gateway():
-    binary = Path(os.environ.get("GATEWAY_BIN") or DEFAULT_BIN)
-    gw = Gateway(binary, extra_env={"CPGW_ADMIN__MAX_CONNECTIONS": "8"}, open_files=OPEN_FILES)
+    gw = Gateway(gateway_binary(), extra_env={"CPGW_ADMIN__MAX_CONNECTIONS": "8"}, open_files=OPEN_FILES)
     gw.start()
     try:
         yield gw

@@ -31,7 +31,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -47,11 +46,12 @@ import pytest
 import websockets
 
 from dashboard_queries import dashboard_queries, load_dashboard
+from support.gateway import Gateway, gateway_binary
+from support.process import Process, free_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "charge-point-gateway.json"
 RULES_DIR = REPO_ROOT / "deploy" / "prometheus" / "rules"
-DEFAULT_GATEWAY_BIN = REPO_ROOT / "target" / "debug" / "charge-point-gateway"
 
 JOB = "charge-point-gateway"
 # The dashboard's $__rate_interval for this test: 15 scrapes at the 1 s interval below,
@@ -77,12 +77,6 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(method: str, url: str, body=None, headers: dict | None = None, timeout=STEP_TIMEOUT_S):
     """(status, text) of one HTTP request; HTTP errors are answers, not exceptions."""
     data = None
@@ -96,23 +90,6 @@ def http(method: str, url: str, body=None, headers: dict | None = None, timeout=
             return response.status, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode("utf-8", "replace")
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
-    """Polls `predicate` until it returns a truthy value (returned) or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    last_error = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError) as err:  # not up yet
-            last_error = err
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
-        time.sleep(interval_s)
 
 
 def find_tool(name: str, env_var: str | None = None) -> str:
@@ -135,46 +112,6 @@ def find_tool(name: str, env_var: str | None = None) -> str:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class Process:
-    """A child process with stdout and stderr in a log file, stopped at most once."""
-
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None):
-        self.name = name
-        self.argv = argv
-        self.log = log
-        self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def log_text(self, last: int | None = None) -> str:
-        lines = self.log.read_text("utf-8", errors="replace").splitlines()
-        return "\n".join(lines[-last:] if last else lines)
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM, wait; SIGKILL when it hangs (then returns None)."""
-        code: int | None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-                code = None
-        else:
-            code = self.proc.returncode
-        self._log_file.close()
-        return code
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,9 +184,10 @@ def start_broker(stack: Stack) -> None:
         "tansu",
         [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
          "--storage-engine", "memory://tansu/"],
-        stack.workdir / "tansu.log",
+        log=stack.workdir / "tansu.log",
     )
     stack.processes["tansu"] = process
+    process.start()
     stack.broker = f"127.0.0.1:{port}"
 
     def listening():
@@ -260,35 +198,10 @@ def start_broker(stack: Stack) -> None:
     wait_until(listening, START_TIMEOUT_S, f"tansu to listen on {stack.broker}")
 
 
-def _bound_addresses(log_text: str) -> dict[str, str]:
-    found = {}
-    for line in log_text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(entry, dict):
-            continue
-        fields = entry.get("fields") if isinstance(entry.get("fields"), dict) else entry
-        message, address = fields.get("message"), fields.get("address")
-        for name in ("ocpp", "admin", "metrics"):
-            if message == f"{name} listener bound" and isinstance(address, str):
-                found[name] = address
-    return found
-
-
 def start_gateway(stack: Stack) -> None:
-    binary = Path(os.environ.get("GATEWAY_BIN") or DEFAULT_GATEWAY_BIN)
-    if not binary.is_file():
-        pytest.fail(
-            f"gateway binary not found at {binary} (build it with `cargo build`, or set GATEWAY_BIN)",
-            pytrace=False,
-        )
-    # Only this test's settings: a developer's CPGW_* must not leak in.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPGW_")}
-    env.update(
-        {
-            "RUST_BACKTRACE": "1",
+    gateway = Gateway(
+        gateway_binary(),
+        extra_env={
             "CPGW_NODE_ID": "e2e-gateway",
             "CPGW_KAFKA__BROKERS": stack.broker,
             "CPGW_KAFKA__TOPIC_REPLICATION": "1",
@@ -298,31 +211,15 @@ def start_gateway(stack: Stack) -> None:
             # (nobody plays the backend here).
             "CPGW_BACKEND__ACTIONS": "[]",
             "CPGW_SHUTDOWN__DRAIN_TIME": "1s",
-        }
+        },
+        log=stack.workdir / "gateway.log",
     )
-    argv = [
-        str(binary),
-        "--listen", "127.0.0.1:0",
-        "--admin-listen", "127.0.0.1:0",
-        "--metrics-listen", "127.0.0.1:0",
-        "--events", "none",
-        "--log-format", "json",
-    ]
-    process = Process("gateway", argv, stack.workdir / "gateway.log", env=env)
-    stack.processes["gateway"] = process
-
-    def bound():
-        assert process.running(), (
-            f"gateway exited with code {process.proc.returncode}:\n{process.log_text(last=30)}"
-        )
-        found = _bound_addresses(process.log_text())
-        return found if len(found) == 3 else None
-
-    found = wait_until(bound, START_TIMEOUT_S, "the gateway's three listeners")
-    stack.ocpp, stack.admin, stack.metrics = found["ocpp"], found["admin"], found["metrics"]
+    stack.processes["gateway"] = gateway
+    gateway.start()
+    stack.ocpp, stack.admin, stack.metrics = gateway.ocpp_addr, gateway.admin_addr, gateway.metrics_addr
 
     def ready():
-        assert process.running(), f"gateway exited:\n{process.log_text(last=30)}"
+        assert gateway.running(), f"gateway exited:\n{gateway.log_text(last=30)}"
         return http("GET", stack.admin_url("/readyz"), timeout=2)[0] == 200
 
     wait_until(ready, START_TIMEOUT_S, "gateway /readyz to answer 200 (Kafka topics created)")
@@ -361,9 +258,10 @@ def start_prometheus(stack: Stack) -> None:
             f"--web.listen-address={stack.prometheus}",
             "--log.level=warn",
         ],
-        stack.workdir / "prometheus.log",
+        log=stack.workdir / "prometheus.log",
     )
     stack.processes["prometheus"] = process
+    process.start()
 
     def ready():
         assert process.running(), f"prometheus exited:\n{process.log_text(last=30)}"
@@ -395,7 +293,7 @@ def stack(tmp_path_factory):
             process = stack.processes.get(name)
             if process is None:
                 continue
-            code = process.stop()
+            code = process.stop(STOP_TIMEOUT_S)
             if name == "gateway" and gateway_ran and code != 0:
                 failure = (
                     f"gateway exited with {code if code is not None else 'SIGKILL after a hang'} "
