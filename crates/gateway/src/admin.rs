@@ -16,21 +16,42 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    commands::{self, CommandRejected},
-    gateway::Shared,
+    backend::{CommandError, CommandRejected, CommandReport, CommandRequest, Commander},
     handshake::check_charge_point_id,
-    labels::DisconnectReason,
-    metrics::any_version_action_label,
-    session::{CallOutcome, QueueMode, SessionHandle},
+    health::Health,
+    labels::{CommandSource, CommandStatus, DisconnectReason},
+    metrics::{any_version_action_label, Metrics},
+    registry::Registry,
+    session::{QueueMode, SessionHandle},
+    sink::ring::EventRing,
+    telemetry::debug_trace::DebugTraces,
 };
 
 /// Largest page of `GET /api/v1/connections`.
 const MAX_PAGE: usize = 1000;
-/// Longest command timeout accepted.
-const MAX_COMMAND_TIMEOUT_SECONDS: u64 = 300;
 
-/// The admin API's routes over the shared state.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// What the admin API reads and acts on.
+pub struct AdminState {
+    /// Readiness and the components' state.
+    pub health: Arc<Health>,
+    /// The sessions of this instance.
+    pub sessions: Arc<Registry>,
+    /// Sends commands.
+    pub commander: Arc<Commander>,
+    /// The most recent events.
+    pub ring: Arc<EventRing>,
+    /// Per-charge-point frame logging.
+    pub debug_traces: Arc<DebugTraces>,
+    /// The traffic metrics (`ocppgw_commands_total`).
+    pub metrics: Arc<Metrics>,
+    /// `admin.api_token`.
+    pub api_token: Option<String>,
+    /// `listener.max_charge_point_id_length`: longer ids can never connect.
+    pub max_charge_point_id_length: usize,
+}
+
+/// The admin API's routes.
+pub fn router(shared: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/api/v1/connections", get(list_connections))
         .route(
@@ -60,11 +81,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 /// Checks `Authorization: Bearer <admin.api_token>` when a token is configured.
 async fn require_token(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(token) = &shared.config.admin.api_token {
+    if let Some(token) = &shared.api_token {
         let presented = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -106,8 +127,8 @@ async fn livez() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.readiness() {
+async fn readyz(State(shared): State<Arc<AdminState>>) -> Response {
+    match shared.health.readiness() {
         Ok(()) => Json(json!({ "ready": true })).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -117,27 +138,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let ready = shared.readiness();
-    let listener = if shared.listening.load(std::sync::atomic::Ordering::Relaxed) {
-        json!({ "status": "up", "connections": shared.registry.len() })
-    } else {
-        json!({ "status": "down" })
-    };
-    let body = json!({
-        "status": if ready.is_ok() { "up" } else { "down" },
-        "ready": ready.is_ok(),
-        "reason": ready.err(),
-        "nodeId": shared.config.node_id,
-        "version": env!("CARGO_PKG_VERSION"),
-        "components": {
-            "listener": listener,
-            "eventSink": shared.sink_health(),
-            "commandConsumer": shared.bus.as_ref().map(|bus| bus.command_consumer_health()),
-            "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
-        },
-    });
-    Json(body).into_response()
+async fn health(State(shared): State<Arc<AdminState>>) -> Response {
+    Json(shared.health.report()).into_response()
 }
 
 fn connection_json(handle: &SessionHandle) -> Value {
@@ -171,7 +173,7 @@ struct PageQuery {
 }
 
 async fn list_connections(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminState>>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(query)) = query else {
@@ -182,22 +184,22 @@ async fn list_connections(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     // One extra tells whether another page follows.
-    let mut page = shared.registry.page(query.after.as_deref(), limit + 1);
+    let mut page = shared.sessions.page(query.after.as_deref(), limit + 1);
     let more = page.len() > limit;
     page.truncate(limit);
     let next_after = more
         .then(|| page.last().map(|h| h.info.charge_point_id.clone()))
         .flatten();
     Json(json!({
-        "total": shared.registry.len(),
+        "total": shared.sessions.len(),
         "connections": page.iter().map(connection_json).collect::<Vec<_>>(),
         "nextAfter": next_after,
     }))
     .into_response()
 }
 
-async fn get_connection(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    match shared.registry.get(&id) {
+async fn get_connection(State(shared): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match shared.sessions.get(&id) {
         Some(handle) => Json(connection_json(&handle)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -206,8 +208,8 @@ async fn get_connection(State(shared): State<Arc<Shared>>, Path(id): Path<String
     }
 }
 
-async fn disconnect(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    match shared.registry.get(&id) {
+async fn disconnect(State(shared): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match shared.sessions.get(&id) {
         Some(handle) => {
             handle.close(DisconnectReason::DisconnectedByOperator);
             (
@@ -223,99 +225,64 @@ async fn disconnect(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -
     }
 }
 
+/// The body of `POST /api/v1/charge-points/{id}/commands`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CommandRequest {
+struct CommandBody {
     action: String,
     payload: Value,
     timeout_seconds: Option<u64>,
 }
 
 async fn send_command(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminState>>,
     Path(id): Path<String>,
-    body: Result<Json<CommandRequest>, JsonRejection>,
+    body: Result<Json<CommandBody>, JsonRejection>,
 ) -> Response {
-    let command = match body {
-        Ok(Json(command)) => command,
-        Err(rejection) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({ "status": "invalid", "error": rejection.body_text() })),
-            )
-                .into_response()
-        }
+    let request = match body {
+        Ok(Json(body)) => CommandRequest::new(body.action, body.payload, body.timeout_seconds),
+        Err(rejection) => Err(CommandRejected::Malformed(rejection.body_text())),
     };
-    let timeout = match command.timeout_seconds {
-        None => None,
-        Some(s) if (1..=MAX_COMMAND_TIMEOUT_SECONDS).contains(&s) => Some(Duration::from_secs(s)),
-        Some(_) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({
-                    "status": "invalid",
-                    "error": format!("timeoutSeconds must be between 1 and {MAX_COMMAND_TIMEOUT_SECONDS}"),
-                })),
-            )
-                .into_response()
-        }
+    let (action, outcome) = match request {
+        Ok(request) => (
+            any_version_action_label(&request.action),
+            shared
+                .commander
+                .send(&id, &request, QueueMode::FailFast)
+                .await,
+        ),
+        Err(rejected) => (crate::metrics::OTHER, Err(rejected)),
     };
-    let outcome = commands::send_command(
-        &shared,
-        &id,
-        &command.action,
-        &command.payload,
-        timeout,
-        QueueMode::FailFast,
-    )
-    .await;
-    let outcome_label = match &outcome {
-        Ok(outcome) => outcome.status(),
-        Err(_) => "invalid",
+    let report = CommandReport::of(&id, outcome);
+    shared
+        .metrics
+        .command(CommandSource::Admin, action, report.status);
+    let status_code = match report.status {
+        CommandStatus::Completed | CommandStatus::CallError => StatusCode::OK,
+        CommandStatus::Invalid => StatusCode::BAD_REQUEST,
+        CommandStatus::Timeout | CommandStatus::Expired => StatusCode::GATEWAY_TIMEOUT,
+        CommandStatus::NotConnected => StatusCode::NOT_FOUND,
+        CommandStatus::QueueFull => StatusCode::TOO_MANY_REQUESTS,
     };
-    shared.metrics.command(
-        "admin",
-        any_version_action_label(&command.action),
-        outcome_label,
-    );
-    match outcome {
-        Err(rejected) => {
-            let violations = match &rejected {
-                CommandRejected::InvalidPayload { violations, .. } => json!(violations),
-                CommandRejected::UnknownAction { .. } => json!([]),
-            };
-            (
-                StatusCode::BAD_REQUEST,
-                Json(json!({ "status": "invalid", "error": rejected.to_string(), "violations": violations })),
-            )
-                .into_response()
-        }
-        Ok(outcome) => {
-            let status = outcome.status();
-            let (code, body) = match outcome {
-                CallOutcome::Completed(response) => (
-                    StatusCode::OK,
-                    json!({ "status": status, "response": response }),
-                ),
-                CallOutcome::CallError(error) => {
-                    (StatusCode::OK, json!({ "status": status, "error": error }))
-                }
-                CallOutcome::Timeout => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    json!({ "status": status, "error": "the charge point did not answer in time" }),
-                ),
-                CallOutcome::NotConnected => (
-                    StatusCode::NOT_FOUND,
-                    json!({ "status": status, "error": format!("charge point {id} is not connected") }),
-                ),
-                CallOutcome::QueueFull => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    json!({ "status": status, "error": "too many commands waiting for this charge point; retry later" }),
-                ),
-            };
-            (code, Json(body)).into_response()
-        }
+    let mut body = json!({ "status": report.status.as_str() });
+    if let Some(response) = report.response {
+        body["response"] = json!(response);
     }
+    match report.error {
+        None => {}
+        Some(CommandError::Call(info)) => body["error"] = json!(info),
+        Some(CommandError::Rejected {
+            description,
+            violations,
+        }) => {
+            body["error"] = json!(description);
+            if let Some(violations) = violations {
+                body["violations"] = violations;
+            }
+        }
+        Some(CommandError::Described(description)) => body["error"] = json!(description),
+    }
+    (status_code, Json(body)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -326,7 +293,7 @@ struct EventsQuery {
 }
 
 async fn recent_events(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminState>>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(query)) = query else {
@@ -394,13 +361,11 @@ struct DebugTraceRequest {
 }
 
 async fn start_debug_trace(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminState>>,
     Path(id): Path<String>,
     body: Result<Json<DebugTraceRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(refusal) =
-        check_charge_point_id(&id, shared.config.listener.max_charge_point_id_length)
-    {
+    if let Err(refusal) = check_charge_point_id(&id, shared.max_charge_point_id_length) {
         // No charge point can connect under this id, so a trace for it would never log.
         return error(StatusCode::BAD_REQUEST, refusal.to_string());
     }
@@ -422,7 +387,10 @@ async fn start_debug_trace(
     Json(json!({ "chargePointId": id, "until": until })).into_response()
 }
 
-async fn stop_debug_trace(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+async fn stop_debug_trace(
+    State(shared): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Response {
     if shared.debug_traces.stop(&id) {
         tracing::info!(charge_point_id = %id, "debug trace stopped");
         Json(json!({ "chargePointId": id, "stopped": true })).into_response()
@@ -431,7 +399,7 @@ async fn stop_debug_trace(State(shared): State<Arc<Shared>>, Path(id): Path<Stri
     }
 }
 
-async fn list_debug_traces(State(shared): State<Arc<Shared>>) -> Json<Value> {
+async fn list_debug_traces(State(shared): State<Arc<AdminState>>) -> Json<Value> {
     let traces: Vec<Value> = shared
         .debug_traces
         .list()

@@ -2,7 +2,7 @@
 //! command-line flags, each layer overriding the one before. Every option is documented
 //! in `docs/configuration.md`; a bad value stops the program at start, naming the option.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use figment::{
     providers::{Env, Format, Serialized, Toml},
@@ -11,7 +11,12 @@ use figment::{
 use ocpp::OcppVersion;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Cli;
+use crate::{cli::Cli, config_check::InvalidOption};
+
+pub use crate::backend::config::{BackendConfig, ReplyFallback};
+pub use crate::kafka::config::{KafkaConfig, TopicsConfig};
+pub use crate::session::SessionConfig;
+pub use crate::sink::config::{EventOutput, EventsConfig, Fsync};
 
 /// The configuration's top-level keys. `CPGW_` variables outside them (such as the
 /// `CPGW_SERVICE_HOST` Kubernetes derives from a service named `cpgw`) are ignored;
@@ -87,28 +92,6 @@ pub struct ListenerConfig {
     pub max_connections: usize,
 }
 
-/// Per-connection behaviour.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SessionConfig {
-    /// How long a gateway-initiated CALL waits for its response.
-    #[serde(with = "humantime_serde")]
-    pub call_timeout: Duration,
-    /// Gateway-to-charge-point CALLs that may wait behind the one in flight.
-    pub call_queue_size: usize,
-    /// Charge point CALLs read ahead while one is being processed; when full, the
-    /// gateway stops reading the socket (TCP backpressure).
-    pub inbound_queue_size: usize,
-    /// Interval between server WebSocket pings (`0s` disables pings).
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// How long to wait for a pong before the connection is considered dead.
-    #[serde(with = "humantime_serde")]
-    pub pong_timeout: Duration,
-    /// Consecutive bad messages after which the connection is closed (1008).
-    pub bad_message_limit: u32,
-}
-
 /// Payload validation leniency.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,52 +121,6 @@ pub struct ResponderConfig {
     pub authorize: AuthorizePolicy,
     /// Accepted tokens when `authorize = "allow_list"`.
     pub allowed_id_tags: Vec<String>,
-}
-
-/// Where the embedded sink writes events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventOutput {
-    /// JSON lines on standard output.
-    Stdout,
-    /// JSON lines appended to `events.file`.
-    File,
-    /// Only the in-memory ring.
-    None,
-}
-
-/// The embedded event sink.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EventsConfig {
-    /// Where events are written.
-    pub output: EventOutput,
-    /// The JSON-lines file, when `output = "file"`.
-    pub file: Option<PathBuf>,
-    /// Events kept in memory for `GET /api/v1/events`.
-    pub ring_size: usize,
-    /// Events that may wait for the writer; when full, sessions wait (backpressure).
-    pub queue_capacity: usize,
-    /// Actions whose CALLRESULT is sent only after their event is durable in the sink.
-    pub durable_actions: Vec<String>,
-    /// Whether a batch of events written to `events.file` is synced to disk before it is
-    /// acknowledged. `off`: written and flushed to the operating system, which survives
-    /// a crash of the gateway but not of the machine.
-    pub fsync: Fsync,
-    /// How long every write may keep failing (a full disk, a closed stdout) before the
-    /// gateway reports itself not ready; the first successful write makes it ready again.
-    #[serde(with = "humantime_serde")]
-    pub unready_after: Duration,
-}
-
-/// When the embedded sink syncs the events file to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fsync {
-    /// Never: durable means written to the operating system.
-    Off,
-    /// Once per batch (group commit), before its events are acknowledged.
-    PerBatch,
 }
 
 /// The admin HTTP API.
@@ -261,162 +198,6 @@ pub struct LogConfig {
     pub level: String,
 }
 
-/// The Kafka bus.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma-separated (`host:port,...`); empty turns Kafka off.
-    pub brokers: String,
-    /// Topic names.
-    pub topics: TopicsConfig,
-    /// Create missing topics at start (retried until the brokers answer).
-    pub create_topics: bool,
-    /// Partitions of topics the gateway creates.
-    pub topic_partitions: i32,
-    /// Replication factor of topics the gateway creates.
-    pub topic_replication: i32,
-    /// How long the producer tries to deliver an event before giving up (a durable
-    /// CALL then gets a CALLERROR and the charge point retries).
-    #[serde(with = "humantime_serde")]
-    pub delivery_timeout: Duration,
-    /// Records submitted but not yet acknowledged by the brokers; when reached,
-    /// sessions wait (and stop reading their sockets).
-    pub max_in_flight: usize,
-    /// Consumer group of the command consumer.
-    pub command_group: String,
-    /// Commands processed at the same time (each waits for its charge point).
-    pub max_concurrent_commands: usize,
-    /// A command id seen again within this window is not sent to the charge point again.
-    #[serde(with = "humantime_serde")]
-    pub command_dedup_window: Duration,
-    /// The command consumer's group session timeout: how long the group waits for a
-    /// member that stopped answering before its partitions go to another member.
-    #[serde(with = "humantime_serde")]
-    pub command_session_timeout: Duration,
-    /// Join the command consumer group as a static member (`group.instance.id` =
-    /// `node_id`), so that a gateway restarted under the same node id takes its partitions
-    /// back at once instead of waiting for the session timeout. Node ids must then be
-    /// unique among the gateways of a group.
-    pub static_membership: bool,
-    /// How long every delivery may keep failing while the brokers answer before the
-    /// gateway reports itself not ready.
-    #[serde(with = "humantime_serde")]
-    pub unready_after: Duration,
-    /// Extra librdkafka settings for the producer (e.g. security, batching). The
-    /// delivery guarantees stay the gateway's: `acks`, `enable.idempotence`,
-    /// `message.timeout.ms`, `queue.buffering.max.messages` are always set by it.
-    pub producer: std::collections::BTreeMap<String, String>,
-    /// Extra librdkafka settings for the consumers. `group.id`, `enable.auto.commit`,
-    /// `auto.offset.reset` and `enable.partition.eof` are always set by the gateway.
-    pub consumer: std::collections::BTreeMap<String, String>,
-}
-
-/// Kafka topic names.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TopicsConfig {
-    /// Events from charge points.
-    pub events: String,
-    /// Commands from the backend.
-    pub commands: String,
-    /// One result per command.
-    pub command_results: String,
-    /// The backend's answers to backend-answered CALLs.
-    pub replies: String,
-}
-
-/// What a charge point gets when the backend does not answer in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplyFallback {
-    /// The local responder's answer.
-    Local,
-    /// A CALLERROR (InternalError); the charge point retries.
-    Error,
-}
-
-/// Actions answered by the backend (only while Kafka is on).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackendConfig {
-    /// Charge point actions whose answer comes from the backend via the replies topic.
-    pub actions: Vec<String>,
-    /// How long to wait for the backend's reply.
-    #[serde(with = "humantime_serde")]
-    pub reply_timeout: Duration,
-    /// What the charge point gets when no valid reply arrives in time.
-    pub on_timeout: ReplyFallback,
-    /// Per-action overrides of `on_timeout`.
-    pub on_timeout_by_action: std::collections::BTreeMap<String, ReplyFallback>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            brokers: String::new(),
-            topics: TopicsConfig::default(),
-            create_topics: true,
-            topic_partitions: 12,
-            topic_replication: 3,
-            delivery_timeout: Duration::from_secs(10),
-            max_in_flight: 10_000,
-            command_group: "charge-point-gateway".to_owned(),
-            max_concurrent_commands: 1000,
-            command_dedup_window: Duration::from_secs(600),
-            command_session_timeout: Duration::from_secs(15),
-            static_membership: false,
-            unready_after: Duration::from_secs(5),
-            producer: Default::default(),
-            consumer: Default::default(),
-        }
-    }
-}
-
-impl Default for TopicsConfig {
-    fn default() -> Self {
-        Self {
-            events: "ocpp.events".to_owned(),
-            commands: "ocpp.commands".to_owned(),
-            command_results: "ocpp.command-results".to_owned(),
-            replies: "ocpp.replies".to_owned(),
-        }
-    }
-}
-
-impl Default for BackendConfig {
-    fn default() -> Self {
-        Self {
-            actions: ["Authorize", "StartTransaction", "DataTransfer"]
-                .map(String::from)
-                .to_vec(),
-            reply_timeout: Duration::from_secs(10),
-            on_timeout: ReplyFallback::Local,
-            // A locally invented transaction id would be unknown to the backend: let the
-            // charge point retry StartTransaction instead.
-            on_timeout_by_action: [("StartTransaction".to_owned(), ReplyFallback::Error)]
-                .into_iter()
-                .collect(),
-        }
-    }
-}
-
-impl KafkaConfig {
-    /// Whether Kafka is configured.
-    pub fn enabled(&self) -> bool {
-        !self.brokers.trim().is_empty()
-    }
-}
-
-impl BackendConfig {
-    /// The fallback for `action` when the backend does not answer.
-    pub fn fallback_for(&self, action: &str) -> ReplyFallback {
-        self.on_timeout_by_action
-            .get(action)
-            .copied()
-            .unwrap_or(self.on_timeout)
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -455,19 +236,6 @@ impl Default for ListenerConfig {
     }
 }
 
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            call_timeout: Duration::from_secs(30),
-            call_queue_size: 8,
-            inbound_queue_size: 4,
-            ping_interval: Duration::from_secs(60),
-            pong_timeout: Duration::from_secs(30),
-            bad_message_limit: 10,
-        }
-    }
-}
-
 impl Default for ValidationConfig {
     fn default() -> Self {
         Self {
@@ -482,29 +250,6 @@ impl Default for ResponderConfig {
             heartbeat_interval: Duration::from_secs(300),
             authorize: AuthorizePolicy::AcceptAll,
             allowed_id_tags: Vec::new(),
-        }
-    }
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        Self {
-            output: EventOutput::Stdout,
-            file: None,
-            ring_size: 1000,
-            queue_capacity: 4096,
-            durable_actions: [
-                "BootNotification",
-                "StatusNotification",
-                "StartTransaction",
-                "StopTransaction",
-                "MeterValues",
-                "TransactionEvent",
-            ]
-            .map(String::from)
-            .to_vec(),
-            fsync: Fsync::Off,
-            unready_after: Duration::from_secs(5),
         }
     }
 }
@@ -551,6 +296,15 @@ pub enum ConfigError {
         /// Why the value cannot be used.
         reason: String,
     },
+}
+
+impl From<InvalidOption> for ConfigError {
+    fn from(invalid: InvalidOption) -> ConfigError {
+        ConfigError::Invalid {
+            option: invalid.option,
+            reason: invalid.reason,
+        }
+    }
 }
 
 impl Config {
@@ -641,22 +395,10 @@ impl Config {
         if listener.max_connections == 0 {
             return invalid("listener.max_connections", "must be at least 1");
         }
-        let session = &self.session;
-        if session.call_timeout.is_zero() {
-            return invalid("session.call_timeout", "must be greater than zero");
-        }
-        if !(1..=1024).contains(&session.call_queue_size) {
-            return invalid("session.call_queue_size", "must be between 1 and 1024");
-        }
-        if !(1..=1024).contains(&session.inbound_queue_size) {
-            return invalid("session.inbound_queue_size", "must be between 1 and 1024");
-        }
-        if !session.ping_interval.is_zero() && session.pong_timeout.is_zero() {
-            return invalid(
-                "session.pong_timeout",
-                "must be greater than zero while pings are on",
-            );
-        }
+        self.session.validate()?;
+        self.events.validate()?;
+        self.kafka.validate()?;
+        self.backend.validate()?;
         if self.admin.max_connections < 8 {
             return invalid("admin.max_connections", "must be at least 8");
         }
@@ -669,120 +411,14 @@ impl Config {
         if self.metrics.idle_timeout.is_zero() {
             return invalid("metrics.idle_timeout", "must be greater than zero");
         }
-        if !(6..=300).contains(&self.kafka.command_session_timeout.as_secs()) {
-            return invalid(
-                "kafka.command_session_timeout",
-                "must be between 6s and 300s",
-            );
-        }
-        if self.kafka.unready_after.is_zero() {
-            return invalid("kafka.unready_after", "must be greater than zero");
-        }
-        if self.events.unready_after.is_zero() {
-            return invalid("events.unready_after", "must be greater than zero");
-        }
-        if session.bad_message_limit == 0 {
-            return invalid("session.bad_message_limit", "must be at least 1");
-        }
         if !(1..=i32::MAX as u64).contains(&self.responder.heartbeat_interval.as_secs()) {
             return invalid(
                 "responder.heartbeat_interval",
                 "must be between 1s and 68 years",
             );
         }
-        let events_file_missing = self
-            .events
-            .file
-            .as_ref()
-            .is_none_or(|path| path.as_os_str().is_empty());
-        if self.events.output == EventOutput::File && events_file_missing {
-            return invalid("events.file", "is required when events.output = \"file\"");
-        }
-        if let Some(unknown) = self.events.durable_actions.iter().find(|action| {
-            !OcppVersion::ALL
-                .into_iter()
-                .any(|version| ocpp::catalogue::initiator(version, action).is_some())
-        }) {
-            return Err(ConfigError::Invalid {
-                option: "events.durable_actions",
-                reason: format!("{unknown:?} is not an OCPP action of any supported version"),
-            });
-        }
-        let not_an_action = |action: &String| {
-            !OcppVersion::ALL.into_iter().any(|version| {
-                ocpp::catalogue::initiator(version, action)
-                    .is_some_and(|i| i.charge_point_may_send())
-            })
-        };
-        if let Some(unknown) = self.backend.actions.iter().find(|a| not_an_action(a)) {
-            return Err(ConfigError::Invalid {
-                option: "backend.actions",
-                reason: format!("{unknown:?} is not an action charge points send"),
-            });
-        }
-        if let Some(unknown) = self
-            .backend
-            .on_timeout_by_action
-            .keys()
-            .find(|a| not_an_action(a))
-        {
-            return Err(ConfigError::Invalid {
-                option: "backend.on_timeout_by_action",
-                reason: format!("{unknown:?} is not an action charge points send"),
-            });
-        }
-        if self.backend.reply_timeout.is_zero() {
-            return invalid("backend.reply_timeout", "must be greater than zero");
-        }
-        let kafka = &self.kafka;
-        let topics = [
-            ("kafka.topics.events", &kafka.topics.events),
-            ("kafka.topics.commands", &kafka.topics.commands),
-            (
-                "kafka.topics.command_results",
-                &kafka.topics.command_results,
-            ),
-            ("kafka.topics.replies", &kafka.topics.replies),
-        ];
-        for (option, topic) in topics {
-            let legal = !topic.is_empty()
-                && topic.len() <= 249
-                && topic
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-            if !legal {
-                return invalid(
-                    option,
-                    "must be 1-249 characters of letters, digits, '.', '_' and '-'",
-                );
-            }
-        }
-        if kafka.topic_partitions < 1 {
-            return invalid("kafka.topic_partitions", "must be at least 1");
-        }
-        if kafka.topic_replication < 1 {
-            return invalid("kafka.topic_replication", "must be at least 1");
-        }
-        if kafka.delivery_timeout < Duration::from_millis(100) {
-            return invalid("kafka.delivery_timeout", "must be at least 100ms");
-        }
-        if kafka.max_in_flight == 0 || kafka.max_in_flight > 1_000_000 {
-            return invalid("kafka.max_in_flight", "must be between 1 and 1000000");
-        }
-        if kafka.max_concurrent_commands == 0 {
-            return invalid("kafka.max_concurrent_commands", "must be at least 1");
-        }
-        if kafka.command_group.is_empty() {
-            return invalid("kafka.command_group", "must not be empty");
-        }
         if self.admin.api_token.as_deref() == Some("") {
             return invalid("admin.api_token", "must not be empty when set");
-        }
-        if self.events.ring_size == 0 {
-            return invalid("events.ring_size", "must be at least 1");
-        }
-        if self.events.queue_capacity == 0 {
-            return invalid("events.queue_capacity", "must be at least 1");
         }
         if self.node_id.is_empty() {
             return invalid("node_id", "must not be empty");

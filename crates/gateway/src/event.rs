@@ -14,6 +14,8 @@ pub const MESSAGE_RECEIVED: &str = "chargepointgateway.message.received";
 pub const CONNECTION_OPENED: &str = "chargepointgateway.connection.opened";
 /// CloudEvents `type` of a charge point disconnecting.
 pub const CONNECTION_CLOSED: &str = "chargepointgateway.connection.closed";
+/// CloudEvents `type` of a command's result.
+pub const COMMAND_RESULT: &str = "chargepointgateway.command.result";
 
 /// One event record, serialised as a CloudEvents 1.0 JSON object.
 #[derive(Debug, Serialize)]
@@ -47,8 +49,8 @@ pub enum EventData {
     Opened(OpenedData),
     /// The charge point disconnected.
     Closed(ClosedData),
-    /// The result of a backend command (Kafka command results topic).
-    CommandResult(Box<crate::kafka::commands::CommandResult>),
+    /// The result of a backend command.
+    CommandResult(Box<CommandResult>),
 }
 
 /// An OCPP message received from a charge point.
@@ -115,6 +117,32 @@ pub struct ClosedData {
     /// The connection's id.
     pub connection_id: String,
     /// The gateway instance that held the connection.
+    pub gateway_node: String,
+}
+
+/// The result of a backend command: exactly one per command.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandResult {
+    /// The command's id.
+    pub command_id: String,
+    /// The target charge point (`null` when the record did not name one).
+    pub charge_point_id: Option<String>,
+    /// The command's action (`null` when the record did not name one).
+    pub action: Option<String>,
+    /// `completed`, `callError`, `timeout`, `notConnected`, `expired` or `invalid`.
+    pub status: &'static str,
+    /// The charge point's CALLRESULT payload (`completed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<Box<RawValue>>,
+    /// What went wrong (every other status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+    /// When the gateway read the command.
+    pub received_at: DateTime<Utc>,
+    /// When the outcome was known.
+    pub completed_at: DateTime<Utc>,
+    /// The gateway instance that handled it.
     pub gateway_node: String,
 }
 

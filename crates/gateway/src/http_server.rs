@@ -25,10 +25,46 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+
 use crate::{
     labels::HttpListener,
-    metrics::{ListenerLabels, Metrics},
+    metrics::{ListenerLabels, MetricsRegistry},
 };
+
+/// The HTTP listeners' metrics.
+#[derive(Clone, Default)]
+pub struct HttpMetrics {
+    /// `ocppgw_http_connections{listener}`.
+    pub connections: Family<ListenerLabels, Gauge>,
+    /// `ocppgw_http_connections_refused_total{listener}`.
+    pub refused: Family<ListenerLabels, Counter>,
+}
+
+impl HttpMetrics {
+    /// Registers the HTTP listeners' metrics in `r`, every listener's series at 0.
+    pub fn register(r: &mut MetricsRegistry) -> HttpMetrics {
+        let m = HttpMetrics::default();
+        r.add(
+            "ocppgw_http_connections",
+            "Open connections to the admin and metrics listeners",
+            m.connections.clone(),
+        );
+        r.add(
+            "ocppgw_http_connections_refused",
+            "Connections to the admin and metrics listeners closed at once at the connection limit",
+            m.refused.clone(),
+        );
+        for listener in HttpListener::ALL {
+            let labels = ListenerLabels {
+                listener: listener.as_str(),
+            };
+            let _ = m.connections.get_or_create(&labels);
+            let _ = m.refused.get_or_create(&labels);
+        }
+        m
+    }
+}
 
 /// The paths a probe place serves.
 const PROBE_PATHS: [&str; 3] = ["/livez", "/readyz", "/health"];
@@ -57,17 +93,14 @@ pub async fn serve(
     router: Router,
     limits: HttpLimits,
     name: HttpListener,
-    metrics: Arc<Metrics>,
+    metrics: HttpMetrics,
     stop: CancellationToken,
 ) {
     let labels = ListenerLabels {
         listener: name.as_str(),
     };
-    let open = metrics.http_connections.get_or_create(&labels).clone();
-    let refused = metrics
-        .http_connections_refused
-        .get_or_create(&labels)
-        .clone();
+    let open = metrics.connections.get_or_create(&labels).clone();
+    let refused = metrics.refused.get_or_create(&labels).clone();
     let probe_places = limits.probe_places.min(limits.max_connections);
     let ordinary = Arc::new(Semaphore::new(limits.max_connections - probe_places));
     let probes = Arc::new(Semaphore::new(probe_places));

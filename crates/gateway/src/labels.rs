@@ -154,6 +154,63 @@ closed_set! {
     }
 }
 
+closed_set! {
+    /// How a command ended: the `status` of a command result and the `outcome` of
+    /// `ocppgw_commands_total`.
+    CommandStatus {
+        /// The charge point answered with a valid CALLRESULT.
+        Completed => "completed",
+        /// The charge point answered with a CALLERROR, or with a CALLRESULT that failed
+        /// validation.
+        CallError => "callError",
+        /// No answer within the command's timeout.
+        Timeout => "timeout",
+        /// The charge point is not connected to this gateway (or left before answering).
+        NotConnected => "notConnected",
+        /// The command's `expiresAt` passed before it could be sent or answered (Kafka).
+        Expired => "expired",
+        /// Refused before anything was sent: malformed, unknown action, invalid payload.
+        Invalid => "invalid",
+        /// Too many commands already wait for the charge point (admin API).
+        QueueFull => "queueFull",
+    }
+}
+
+closed_set! {
+    /// Where a command came from: `ocppgw_commands_total{source}`.
+    CommandSource {
+        /// `POST /api/v1/charge-points/{id}/commands`.
+        Admin => "admin",
+        /// The Kafka commands topic.
+        Kafka => "kafka",
+    }
+}
+
+closed_set! {
+    /// Who sent a CALL: the `direction` of `ocppgw_call_duration_seconds` and
+    /// `ocppgw_call_errors_total`.
+    CallDirection {
+        /// A charge point's CALL, answered by the gateway.
+        Inbound => "inbound",
+        /// The gateway's CALL (a command), answered by the charge point.
+        Outbound => "outbound",
+    }
+}
+
+closed_set! {
+    /// How a CALL round trip ended: `ocppgw_call_duration_seconds{outcome}`.
+    CallEnd {
+        /// Answered with a CALLRESULT.
+        Completed => "completed",
+        /// Answered with a CALLERROR (or a response that failed validation).
+        CallError => "callError",
+        /// No answer in time.
+        Timeout => "timeout",
+        /// The connection ended first, or the charge point was never reached.
+        NotConnected => "notConnected",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +227,10 @@ mod tests {
         unique(ConnectionAttempt::ALL, ConnectionAttempt::as_str);
         unique(InvalidFrameKind::ALL, InvalidFrameKind::as_str);
         unique(HttpListener::ALL, HttpListener::as_str);
+        unique(CommandStatus::ALL, CommandStatus::as_str);
+        unique(CommandSource::ALL, CommandSource::as_str);
+        unique(CallDirection::ALL, CallDirection::as_str);
+        unique(CallEnd::ALL, CallEnd::as_str);
     }
 
     #[test]

@@ -7,23 +7,27 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod backend;
 pub mod cli;
-pub mod commands;
 pub mod config;
-pub mod dispatch;
+pub mod config_check;
 pub mod event;
 pub mod gateway;
 pub mod handshake;
+pub mod health;
 pub mod http_server;
 pub mod kafka;
 pub mod labels;
+pub mod listener;
 pub mod metrics;
+pub mod pipeline;
 pub mod registry;
 pub mod responder;
 pub mod session;
 pub mod sink;
 pub mod telemetry;
 pub mod upgrade;
+pub mod validation;
 
 pub use config::Config;
-pub use gateway::{Gateway, Shared, StartError};
+pub use gateway::{Gateway, Probe, StartError};

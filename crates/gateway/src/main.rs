@@ -1,3 +1,6 @@
+//! The gateway binary: reads the configuration, starts telemetry, and runs [`Gateway`]
+//! until SIGINT or SIGTERM.
+
 use std::process::ExitCode;
 
 use charge_point_gateway::{cli::Cli, telemetry, Config, Gateway};

@@ -1,6 +1,6 @@
 //! Commands through the admin API: every outcome, validation, and the session's queue.
 
-mod common;
+use gateway_testkit as common;
 
 use common::{TestGateway, STEP};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! Per-charge-point debug traces and rate-limited logs, read from the gateway's own log
 //! output (this test binary installs a subscriber that writes JSON lines to memory).
 
-mod common;
+use gateway_testkit as common;
 
 use std::{
     io::Write,

@@ -1,6 +1,6 @@
 //! Handshake cases against the real listener: subprotocols, fallback, refusals, ids.
 
-mod common;
+use gateway_testkit as common;
 
 use common::{boot_payload, TestGateway};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! its fix. Real listeners on 127.0.0.1:0, raw TCP where a well-behaved client library
 //! would refuse to misbehave.
 
-mod common;
+use gateway_testkit as common;
 
 use std::time::Duration;
 

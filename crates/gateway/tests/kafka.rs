@@ -1,7 +1,7 @@
 //! The Kafka bus against a real Kafka-protocol broker process (tansu): events, durability,
 //! backpressure, commands and backend replies.
 
-mod common;
+use gateway_testkit as common;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -144,7 +144,7 @@ async fn events_arrive_keyed_in_order_with_headers_and_a_valid_envelope() {
         "/../../docs/metrics.md"
     ))
     .unwrap();
-    let registered: Vec<&str> = gw.shared.metrics.names().to_vec();
+    let registered: Vec<&str> = gw.probe.metric_names();
     for name in doc
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
@@ -244,7 +244,7 @@ async fn a_saturated_producer_makes_sessions_wait_and_loses_nothing() {
     for cp in cps.iter_mut() {
         cp.send_json(json!([2, "m", "MeterValues", meter])).await;
     }
-    let bus = gw.shared.bus.clone().unwrap();
+    let bus = gw.probe.bus().unwrap();
     let deadline = tokio::time::Instant::now() + STEP;
     while bus.in_flight() < 4 {
         assert!(

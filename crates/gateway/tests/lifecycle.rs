@@ -1,6 +1,6 @@
 //! Connection lifecycle: replacement, liveness, operator actions, events, shutdown.
 
-mod common;
+use gateway_testkit as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Error handling over the wire, per version: every bad input gets the spec's CALLERROR
 //! or close code, and never affects another connection.
 
-mod common;
+use gateway_testkit as common;
 
 use common::{boot_payload, GateSink, TestGateway};
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! SERVER span parents the PRODUCER span of its Kafka record, whose `traceparent` header
 //! names them; a command joins the trace in its record's headers.
 
-mod common;
+use gateway_testkit as common;
 
 use std::{
     sync::{Arc, Mutex},

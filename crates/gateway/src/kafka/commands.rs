@@ -5,7 +5,8 @@
 //! partition's offset is committed only up to the oldest command whose result is not yet
 //! acknowledged by the brokers: a crash redelivers every command without a durable result.
 //! Between consume and call sits the single step a cluster will extend: finding the
-//! session ([`crate::commands::send_command`]).
+//! session ([`Commander::send`]). This module only adapts records to
+//! [`CommandRequest`]s and [`CommandReport`]s to result records.
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
@@ -21,28 +22,23 @@ use rdkafka::{
     message::Headers,
     Message, Offset, TopicPartitionList,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{client_config, KafkaBus, CLOUDEVENTS_CONTENT_TYPE};
 use crate::{
-    commands::{send_command, CommandRejected},
-    event::{Event, EventData},
-    gateway::Shared,
-    metrics::{any_version_action_label, ActionLabels, TopicLabels},
+    backend::{CommandRejected, CommandReport, CommandRequest, Commander},
+    event::{CommandResult, Event, EventData, COMMAND_RESULT},
+    labels::{CommandSource, CommandStatus},
+    metrics::{any_version_action_label, ActionLabels, Metrics, TopicLabels},
     session::{CallOutcome, QueueMode},
 };
 
-/// CloudEvents `type` of a command result.
-pub const COMMAND_RESULT: &str = "chargepointgateway.command.result";
-
 /// How long to wait before retrying to set up the consumer or to produce a result.
 const RETRY: Duration = Duration::from_secs(1);
-/// Longest `timeoutSeconds` a command may ask for.
-const MAX_TIMEOUT_SECONDS: u64 = 3600;
 /// Most command ids remembered for de-duplication.
 const MAX_REMEMBERED_IDS: usize = 200_000;
 
@@ -58,30 +54,18 @@ struct CommandRecord {
     timeout_seconds: Option<u64>,
 }
 
-/// The `data` of a command result record.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CommandResult {
-    /// The command's id.
-    pub command_id: String,
-    /// The target charge point (`null` when the record did not name one).
-    pub charge_point_id: Option<String>,
-    /// The command's action (`null` when the record did not name one).
-    pub action: Option<String>,
-    /// `completed`, `callError`, `timeout`, `notConnected`, `expired` or `invalid`.
-    pub status: &'static str,
-    /// The charge point's CALLRESULT payload (`completed`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response: Option<Value>,
-    /// What went wrong (every other status).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<Value>,
-    /// When the gateway read the command.
-    pub received_at: DateTime<Utc>,
-    /// When the outcome was known.
-    pub completed_at: DateTime<Utc>,
-    /// The gateway instance that handled it.
-    pub gateway_node: String,
+/// What the command consumer needs.
+pub struct CommandConsumer {
+    /// Sends commands to charge points.
+    pub commander: Arc<Commander>,
+    /// The bus the commands come from and the results go to.
+    pub bus: Arc<KafkaBus>,
+    /// The traffic metrics (`ocppgw_commands_total`).
+    pub metrics: Arc<Metrics>,
+    /// This instance's name (results' `gatewayNode`, the static group member id).
+    pub node_id: String,
+    /// How long shutdown waits for the commands in progress.
+    pub drain_timeout: Duration,
 }
 
 /// Command ids seen recently.
@@ -154,13 +138,14 @@ impl OffsetTracker {
 }
 
 /// Runs the command consumer until `stop`, then waits for commands in progress.
-pub async fn run(shared: Arc<Shared>, bus: Arc<KafkaBus>, stop: CancellationToken) {
+pub async fn run(consumer: Arc<CommandConsumer>, stop: CancellationToken) {
+    let bus = &consumer.bus;
     let dedup = Arc::new(Mutex::new(Dedup::new(bus.config().command_dedup_window)));
     // A metric label for the whole process lifetime (one small string, once).
     let commands_topic: &'static str =
         Box::leak(bus.config().topics.commands.clone().into_boxed_str());
     loop {
-        match run_once(&shared, &bus, &dedup, &stop, commands_topic).await {
+        match run_once(&consumer, &dedup, &stop, commands_topic).await {
             Ok(()) => return,
             Err(e) => {
                 bus.set_command_consumer_error(e.clone());
@@ -175,12 +160,12 @@ pub async fn run(shared: Arc<Shared>, bus: Arc<KafkaBus>, stop: CancellationToke
 }
 
 async fn run_once(
-    shared: &Arc<Shared>,
-    bus: &Arc<KafkaBus>,
+    consumer_parts: &Arc<CommandConsumer>,
     dedup: &Arc<Mutex<Dedup>>,
     stop: &CancellationToken,
     commands_topic: &'static str,
 ) -> Result<(), String> {
+    let bus = &consumer_parts.bus;
     let config = bus.config();
     let mut client = client_config(config, &config.consumer);
     let session_timeout = config.command_session_timeout.as_millis();
@@ -199,11 +184,11 @@ async fn run_once(
     // static member: the group hands its partitions back without waiting for the dead
     // member's session to expire.
     if config.static_membership {
-        client.set("group.instance.id", &shared.config.node_id);
+        client.set("group.instance.id", &consumer_parts.node_id);
     }
     let consumer: Arc<StreamConsumer<super::stats::StatsContext>> = Arc::new(
         client
-            .create_with_context(super::stats::StatsContext::new(shared.metrics.clone()))
+            .create_with_context(super::stats::StatsContext::new(bus.metrics().clone()))
             .map_err(|e| e.to_string())?,
     );
     consumer
@@ -235,9 +220,8 @@ async fn run_once(
         let received_at = Utc::now();
         if let Some(created) = message.timestamp().to_millis() {
             let age = (received_at.timestamp_millis() - created).max(0) as f64 / 1000.0;
-            shared
-                .metrics
-                .kafka_record_age
+            bus.metrics()
+                .record_age
                 .get_or_create(&TopicLabels {
                     topic: commands_topic,
                 })
@@ -250,9 +234,8 @@ async fn run_once(
         );
         let record = message.payload().unwrap_or_default().to_vec();
         offsets.lock().start(partition, offset);
-        let (shared, bus, dedup, offsets, consumer, stop) = (
-            shared.clone(),
-            bus.clone(),
+        let (parts, dedup, offsets, consumer, stop) = (
+            consumer_parts.clone(),
             dedup.clone(),
             offsets.clone(),
             consumer.clone(),
@@ -282,12 +265,12 @@ async fn run_once(
         crate::telemetry::traces::record_ids(&span);
         tokio::spawn(
             async move {
-                let settled = match handle(&shared, &dedup, &record, received_at).await {
-                    Some(result) => {
+                let settled = match handle(&parts, &dedup, &record, received_at).await {
+                    Some((result, status)) => {
                         let action =
                             any_version_action_label(result.action.as_deref().unwrap_or_default());
-                        shared.metrics.command("kafka", action, result.status);
-                        publish_result(&bus, result, &stop).await
+                        parts.metrics.command(CommandSource::Kafka, action, status);
+                        publish_result(&parts.bus, result, &stop).await
                     }
                     None => true,
                 };
@@ -316,10 +299,12 @@ async fn run_once(
         );
     }
     // Let commands in progress finish (sessions are being closed, so they end soon).
-    let drain = shared.config.shutdown.drain_time + shared.config.session.call_timeout;
-    if tokio::time::timeout(drain, slots.acquire_many(limit as u32))
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        consumer_parts.drain_timeout,
+        slots.acquire_many(limit as u32),
+    )
+    .await
+    .is_err()
     {
         warn!("commands still in progress at shutdown");
     }
@@ -337,12 +322,11 @@ impl Drop for ClearOnDrop {
 
 /// Handles one record; `None` when no result is owed (a duplicate, or no command id).
 async fn handle(
-    shared: &Shared,
+    parts: &CommandConsumer,
     dedup: &Mutex<Dedup>,
     record: &[u8],
     received_at: DateTime<Utc>,
-) -> Option<CommandResult> {
-    let node = shared.config.node_id.clone();
+) -> Option<(CommandResult, CommandStatus)> {
     let value: Value = match serde_json::from_slice(record) {
         Ok(value) => value,
         Err(e) => {
@@ -355,33 +339,37 @@ async fn handle(
     } else {
         value
     };
-    shared
-        .metrics
+    parts
+        .bus
+        .metrics()
         .commands_consumed
         .get_or_create(&ActionLabels {
             action: any_version_action_label(body["action"].as_str().unwrap_or_default()),
         })
         .inc();
-    let invalid = |command_id: String, body: &Value, description: String| CommandResult {
-        command_id,
-        charge_point_id: body["chargePointId"].as_str().map(str::to_owned),
-        action: body["action"].as_str().map(str::to_owned),
-        status: "invalid",
-        response: None,
-        error: Some(json!({ "description": description })),
-        received_at,
-        completed_at: Utc::now(),
-        gateway_node: node.clone(),
+    let result = |command_id: &str, report: CommandReport| {
+        let status = report.status;
+        let result = CommandResult {
+            command_id: command_id.to_owned(),
+            charge_point_id: body["chargePointId"].as_str().map(str::to_owned),
+            action: body["action"].as_str().map(str::to_owned),
+            status: status.as_str(),
+            response: report.response,
+            error: report.error.map(|error| error.to_object()),
+            received_at,
+            completed_at: Utc::now(),
+            gateway_node: parts.node_id.clone(),
+        };
+        (result, status)
     };
     let command: CommandRecord = match serde_json::from_value(body.clone()) {
         Ok(command) => command,
         Err(e) => {
             return match body["commandId"].as_str() {
-                Some(id) if !id.is_empty() => Some(invalid(
-                    id.to_owned(),
-                    &body,
-                    format!("malformed command: {e}"),
-                )),
+                Some(id) if !id.is_empty() => {
+                    let rejected = CommandRejected::Malformed(format!("malformed command: {e}"));
+                    Some(result(id, CommandReport::rejected(&rejected)))
+                }
                 _ => {
                     crate::warn_limited!(error = %e, "command record has no commandId; skipped");
                     None
@@ -393,103 +381,52 @@ async fn handle(
         info!(command_id = %command.command_id, "duplicate command id within the window; not sent again");
         return None;
     }
-    let result =
-        |status: &'static str, response: Option<Value>, error: Option<Value>| CommandResult {
-            command_id: command.command_id.clone(),
-            charge_point_id: Some(command.charge_point_id.clone()),
-            action: Some(command.action.clone()),
-            status,
-            response,
-            error,
-            received_at,
-            completed_at: Utc::now(),
-            gateway_node: node.clone(),
-        };
+    let id = command.command_id.as_str();
     // The producer of the record learns why nothing happened; an empty id is remembered
     // like any other, so only its first sighting gets this result.
-    if command.command_id.is_empty() {
-        return Some(invalid(
-            String::new(),
-            &body,
-            "commandId must not be empty".to_owned(),
-        ));
+    if id.is_empty() {
+        let rejected = CommandRejected::Malformed("commandId must not be empty".to_owned());
+        return Some(result(id, CommandReport::rejected(&rejected)));
     }
-    if !command.payload.is_object() {
-        return Some(invalid(
-            command.command_id.clone(),
-            &body,
-            "payload must be an object".to_owned(),
-        ));
-    }
-    if command
-        .timeout_seconds
-        .is_some_and(|t| !(1..=MAX_TIMEOUT_SECONDS).contains(&t))
-    {
-        return Some(invalid(
-            command.command_id.clone(),
-            &body,
-            format!("timeoutSeconds must be between 1 and {MAX_TIMEOUT_SECONDS}"),
-        ));
-    }
+    let request =
+        match CommandRequest::new(command.action, command.payload, command.timeout_seconds) {
+            Ok(request) => request,
+            Err(rejected) => return Some(result(id, CommandReport::rejected(&rejected))),
+        };
     let remaining = command
         .expires_at
         .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+    let expired = |description: &str| CommandReport {
+        status: CommandStatus::Expired,
+        response: None,
+        error: Some(crate::backend::CommandError::Described(
+            description.to_owned(),
+        )),
+    };
     if remaining == Some(Duration::ZERO) {
-        return Some(result(
-            "expired",
-            None,
-            Some(json!({ "description": "expiresAt has passed" })),
-        ));
+        return Some(result(id, expired("expiresAt has passed")));
     }
-    let requested = command
-        .timeout_seconds
-        .map(Duration::from_secs)
-        .unwrap_or(shared.config.session.call_timeout);
-    let timeout = remaining.map_or(requested, |left| left.min(requested));
-    debug!(command_id = %command.command_id, charge_point_id = %command.charge_point_id, action = %command.action, "sending command");
-    let outcome = send_command(
-        shared,
-        &command.charge_point_id,
-        &command.action,
-        &command.payload,
-        Some(timeout),
-        QueueMode::Wait,
-    )
-    .await;
-    Some(match outcome {
-        Err(rejected) => {
-            let violations = match &rejected {
-                CommandRejected::InvalidPayload { violations, .. } => json!(violations),
-                CommandRejected::UnknownAction { .. } => json!([]),
-            };
-            result(
-                "invalid",
-                None,
-                Some(json!({ "description": rejected.to_string(), "violations": violations })),
-            )
+    let timeout = parts.commander.timeout_of(&request);
+    let request = CommandRequest {
+        timeout: Some(remaining.map_or(timeout, |left| left.min(timeout))),
+        ..request
+    };
+    debug!(command_id = %id, charge_point_id = %command.charge_point_id, action = %request.action, "sending command");
+    let outcome = parts
+        .commander
+        .send(&command.charge_point_id, &request, QueueMode::Wait)
+        .await;
+    let report = match outcome {
+        Ok(CallOutcome::Timeout) if command.expires_at.is_some_and(|at| at <= Utc::now()) => {
+            expired("the charge point did not answer in time")
         }
-        Ok(CallOutcome::Completed(response)) => {
-            let response = serde_json::from_str(response.get()).unwrap_or(Value::Null);
-            result("completed", Some(response), None)
+        // Waiting for room, a full queue ends as a timeout; this is only defensive.
+        Ok(CallOutcome::QueueFull) => {
+            CommandReport::of(&command.charge_point_id, Ok(CallOutcome::NotConnected))
         }
-        Ok(CallOutcome::CallError(error)) => {
-            result("callError", None, serde_json::to_value(error).ok())
-        }
-        Ok(CallOutcome::Timeout) => {
-            let expired = command.expires_at.is_some_and(|at| at <= Utc::now());
-            let status = if expired { "expired" } else { "timeout" };
-            result(
-                status,
-                None,
-                Some(json!({ "description": "the charge point did not answer in time" })),
-            )
-        }
-        Ok(CallOutcome::NotConnected | CallOutcome::QueueFull) => result(
-            "notConnected",
-            None,
-            Some(json!({ "description": "the charge point is not connected to this gateway" })),
-        ),
-    })
+        outcome => CommandReport::of(&command.charge_point_id, outcome),
+    };
+    Some(result(id, report))
 }
 
 /// Produces a result, retrying until the brokers acknowledge it or shutdown.

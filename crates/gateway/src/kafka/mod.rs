@@ -6,6 +6,8 @@
 //! instead of growing memory.
 
 pub mod commands;
+pub mod config;
+pub mod metrics;
 pub mod replies;
 mod sink;
 pub mod stats;
@@ -35,8 +37,10 @@ use tracing::{info, warn};
 pub use sink::KafkaSink;
 use stats::StatsContext;
 
+pub use self::config::{KafkaConfig, TopicsConfig};
+
+use self::metrics::KafkaMetrics;
 use crate::{
-    config::KafkaConfig,
     metrics::{Metrics, TopicLabels, TopicOutcomeLabels},
     sink::{SinkError, WriteFailures},
 };
@@ -52,7 +56,9 @@ pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// The shared producer and the bus's health.
 pub struct KafkaBus {
     config: KafkaConfig,
+    /// The traffic metrics, for `ocppgw_events_published_total`.
     metrics: Arc<Metrics>,
+    kafka_metrics: Arc<KafkaMetrics>,
     // Topic names as metric labels (leaked once: a handful of strings for the process).
     topic_labels: Vec<&'static str>,
     // Replaced as a whole after a fatal error: an idempotent producer that lost track of
@@ -105,8 +111,9 @@ impl KafkaBus {
     pub fn new(
         config: &KafkaConfig,
         metrics: Arc<Metrics>,
+        kafka_metrics: Arc<KafkaMetrics>,
     ) -> Result<Arc<KafkaBus>, BusConfigError> {
-        let producer = Self::create_producer(config, &metrics)?;
+        let producer = Self::create_producer(config, &kafka_metrics)?;
         let topics = &config.topics;
         let topic_labels = [
             &topics.events,
@@ -120,6 +127,7 @@ impl KafkaBus {
         Ok(Arc::new(KafkaBus {
             config: config.clone(),
             metrics,
+            kafka_metrics,
             topic_labels,
             producer: RwLock::new(Arc::new(producer)),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -136,7 +144,7 @@ impl KafkaBus {
 
     fn create_producer(
         config: &KafkaConfig,
-        metrics: &Arc<Metrics>,
+        metrics: &Arc<KafkaMetrics>,
     ) -> Result<FutureProducer<StatsContext>, KafkaError> {
         // The user's settings first; the delivery guarantees are not theirs to switch off.
         let mut client = client_config(config, &config.producer);
@@ -203,7 +211,7 @@ impl KafkaBus {
         if !Arc::ptr_eq(&current, failed) {
             return;
         }
-        match Self::create_producer(&self.config, &self.metrics) {
+        match Self::create_producer(&self.config, &self.kafka_metrics) {
             Ok(fresh) => {
                 warn!(error = %code, %reason, "Kafka producer hit a fatal error; replaced it with a new instance");
                 *current = Arc::new(fresh);
@@ -261,6 +269,24 @@ impl KafkaBus {
     /// Records produced and not yet acknowledged (at most `kafka.max_in_flight`).
     pub fn in_flight(&self) -> usize {
         self.config.max_in_flight - self.in_flight.available_permits()
+    }
+
+    /// The bus's metrics.
+    pub fn metrics(&self) -> &Arc<KafkaMetrics> {
+        &self.kafka_metrics
+    }
+
+    /// Updates the gauges that are read rather than counted, just before a scrape.
+    pub fn refresh_gauges(&self) {
+        let m = &self.kafka_metrics;
+        m.in_flight.set(self.in_flight() as i64);
+        m.in_flight_limit.set(self.config.max_in_flight as i64);
+        m.connected.set(i64::from(self.readiness().is_ok()));
+    }
+
+    /// The topic names as metric labels (leaked once, for the process's lifetime).
+    pub fn topic_labels(&self) -> &[&'static str] {
+        &self.topic_labels
     }
 
     /// The Kafka configuration in force.
@@ -394,13 +420,13 @@ impl KafkaBus {
         }
         let ok = result.is_ok();
         let outcome = if ok { "ok" } else { "error" };
-        self.metrics
-            .kafka_produce
+        self.kafka_metrics
+            .produce
             .get_or_create(&TopicOutcomeLabels { topic, outcome })
             .inc();
         if ok {
-            self.metrics
-                .kafka_produce_duration
+            self.kafka_metrics
+                .produce_duration
                 .get_or_create(&TopicLabels { topic })
                 .observe(started.elapsed().as_secs_f64());
         }

@@ -7,14 +7,15 @@ use parking_lot::Mutex;
 
 use rdkafka::{client::ClientContext, consumer::ConsumerContext, Statistics};
 
-use crate::metrics::{BrokerLabels, Metrics, PartitionLabels};
+use super::metrics::KafkaMetrics;
+use crate::metrics::{BrokerLabels, PartitionLabels};
 
 /// How often librdkafka reports statistics, in milliseconds.
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
 
 /// A client context that records librdkafka statistics in the gateway's metrics.
 pub struct StatsContext {
-    metrics: Arc<Metrics>,
+    metrics: Arc<KafkaMetrics>,
     /// Last cumulative error count per broker (librdkafka reports totals; the counter
     /// grows by the difference).
     broker_errors: Mutex<HashMap<i32, u64>>,
@@ -22,7 +23,7 @@ pub struct StatsContext {
 
 impl StatsContext {
     /// A context recording into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> StatsContext {
+    pub fn new(metrics: Arc<KafkaMetrics>) -> StatsContext {
         StatsContext {
             metrics,
             broker_errors: Mutex::new(HashMap::new()),
@@ -47,19 +48,19 @@ impl ClientContext for StatsContext {
                 broker_id: broker.nodeid.to_string(),
             };
             self.metrics
-                .kafka_broker_up
+                .broker_up
                 .get_or_create(&labels)
                 .set(i64::from(broker.state == "UP"));
             if let Some(rtt) = &broker.rtt {
                 self.metrics
-                    .kafka_broker_rtt
+                    .broker_rtt
                     .get_or_create(&labels)
                     .set(rtt.avg as f64 / 1_000_000.0);
             }
             let total = broker.txerrs + broker.rxerrs + broker.req_timeouts;
             let mut last = self.broker_errors.lock();
             let previous = last.insert(broker.nodeid, total).unwrap_or(0);
-            let counter = self.metrics.kafka_broker_errors.get_or_create(&labels);
+            let counter = self.metrics.broker_errors.get_or_create(&labels);
             counter.inc_by(total.saturating_sub(previous));
         }
         for (topic, details) in &statistics.topics {
@@ -69,7 +70,7 @@ impl ClientContext for StatsContext {
                     continue;
                 }
                 self.metrics
-                    .kafka_consumer_lag
+                    .consumer_lag
                     .get_or_create(&PartitionLabels {
                         topic: topic.clone(),
                         partition: partition.to_string(),

@@ -1,4 +1,6 @@
-//! Prometheus metrics: one registry, typed handles for every instrumentation point.
+//! Prometheus metrics: one registry ([`MetricsRegistry`]) that every component registers
+//! its own metrics in, and the OCPP traffic metrics ([`Metrics`]) that the listener,
+//! sessions, the pipeline and the command path record.
 //!
 //! Every metric and label is listed in docs/metrics.md (a test compares the two). Label
 //! values come from closed sets only: actions outside a version's catalogue are `_OTHER`,
@@ -11,7 +13,10 @@ use std::sync::Arc;
 
 use ocpp::{catalogue, ErrorCode, MessageType, OcppVersion};
 
-use crate::labels::{ConnectionAttempt, DisconnectReason, HttpListener, InvalidFrameKind};
+use crate::labels::{
+    CallDirection, CallEnd, CommandSource, CommandStatus, ConnectionAttempt, DisconnectReason,
+    InvalidFrameKind,
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -25,7 +30,7 @@ use prometheus_client::{
 pub const OTHER: &str = "_OTHER";
 
 /// Latency buckets, in seconds: sub-millisecond local answers up to broker timeouts.
-const LATENCY_BUCKETS: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// Connection lifetimes, in seconds: a minute to a month.
@@ -123,8 +128,6 @@ fn size_histogram() -> Histogram {
 /// Every metric of the gateway.
 #[allow(missing_docs)]
 pub struct Metrics {
-    registry: Registry,
-    names: Vec<&'static str>,
     pub ready: Gauge,
     pub connections: Family<VersionLabels, Gauge>,
     pub connection_attempts: Family<ResultLabels, Counter>,
@@ -146,20 +149,7 @@ pub struct Metrics {
     pub late_responses: Counter,
     pub timestamps_without_zone: Family<VersionLabels, Counter>,
     pub events_published: Family<EventLabels, Counter>,
-    pub commands_consumed: Family<ActionLabels, Counter>,
     pub commands: Family<CommandLabels, Counter>,
-    pub kafka_produce: Family<TopicOutcomeLabels, Counter>,
-    pub kafka_produce_duration: HistogramFamily<TopicLabels>,
-    pub kafka_in_flight: Gauge,
-    pub kafka_in_flight_limit: Gauge,
-    pub kafka_connected: Gauge,
-    pub kafka_broker_up: Family<BrokerLabels, Gauge>,
-    pub kafka_broker_rtt: Family<BrokerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    pub kafka_broker_errors: Family<BrokerLabels, Counter>,
-    pub kafka_consumer_lag: Family<PartitionLabels, Gauge>,
-    pub kafka_record_age: HistogramFamily<TopicLabels>,
-    pub http_connections: Family<ListenerLabels, Gauge>,
-    pub http_connections_refused: Family<ListenerLabels, Counter>,
 }
 
 /// Every OCPP-J error code, for `call_errors_total{error_code}`.
@@ -208,11 +198,8 @@ pub fn error_code_label(code: &str) -> &'static str {
 }
 
 impl Metrics {
-    /// Registers every metric and starts the known series at 0. The `ocppgw_kafka_*`
-    /// families exist only with Kafka on (`kafka_topics` is `Some`), so that a gateway
-    /// without Kafka never looks like one whose broker is down.
-    pub fn new(supported: &[OcppVersion], kafka_topics: Option<&[&str]>) -> Arc<Metrics> {
-        let mut registry = Registry::default();
+    /// Registers the traffic metrics in `r` and starts their known series at 0.
+    pub fn register(r: &mut MetricsRegistry, supported: &[OcppVersion]) -> Arc<Metrics> {
         let m = Metrics {
             ready: Gauge::default(),
             connections: Family::default(),
@@ -231,39 +218,8 @@ impl Metrics {
             late_responses: Counter::default(),
             timestamps_without_zone: Family::default(),
             events_published: Family::default(),
-            commands_consumed: Family::default(),
             commands: Family::default(),
-            kafka_produce: Family::default(),
-            kafka_produce_duration: Family::new_with_constructor(latency_histogram),
-            kafka_in_flight: Gauge::default(),
-            kafka_in_flight_limit: Gauge::default(),
-            kafka_connected: Gauge::default(),
-            kafka_broker_up: Family::default(),
-            kafka_broker_rtt: Family::default(),
-            kafka_broker_errors: Family::default(),
-            kafka_consumer_lag: Family::default(),
-            kafka_record_age: Family::new_with_constructor(latency_histogram),
-            http_connections: Family::default(),
-            http_connections_refused: Family::default(),
-            registry: Registry::default(),
-            names: Vec::new(),
         };
-        let build = Family::<BuildLabels, Gauge>::default();
-        build
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
-        let mut names = Vec::new();
-        let mut r = Registrar {
-            registry: &mut registry,
-            names: &mut names,
-        };
-        r.add(
-            "ocppgw_build_info",
-            "The gateway's version (always 1)",
-            build,
-        );
         r.add(
             "ocppgw_ready",
             "1 while /readyz answers 200",
@@ -288,16 +244,6 @@ impl Metrics {
             "ocppgw_connection_duration_seconds",
             "How long connections lasted",
             m.connection_duration.clone(),
-        );
-        r.add(
-            "ocppgw_http_connections",
-            "Open connections to the admin and metrics listeners",
-            m.http_connections.clone(),
-        );
-        r.add(
-            "ocppgw_http_connections_refused",
-            "Connections to the admin and metrics listeners closed at once at the connection limit",
-            m.http_connections_refused.clone(),
         );
         r.add(
             "ocppgw_messages_received",
@@ -360,80 +306,16 @@ impl Metrics {
             m.events_published.clone(),
         );
         r.add(
-            "ocppgw_commands_consumed",
-            "Command records read from Kafka",
-            m.commands_consumed.clone(),
-        );
-        r.add(
             "ocppgw_commands",
             "Commands by source, action and outcome",
             m.commands.clone(),
         );
-        if kafka_topics.is_some() {
-            r.add(
-                "ocppgw_kafka_produce",
-                "Records produced by acknowledgement outcome",
-                m.kafka_produce.clone(),
-            );
-            r.add(
-                "ocppgw_kafka_produce_duration_seconds",
-                "From produce to broker acknowledgement",
-                m.kafka_produce_duration.clone(),
-            );
-            r.add(
-                "ocppgw_kafka_in_flight_records",
-                "Records not yet acknowledged",
-                m.kafka_in_flight.clone(),
-            );
-            r.add(
-                "ocppgw_kafka_in_flight_records_limit",
-                "kafka.max_in_flight",
-                m.kafka_in_flight_limit.clone(),
-            );
-            r.add(
-                "ocppgw_kafka_connected",
-                "1 while the brokers answer",
-                m.kafka_connected.clone(),
-            );
-            r.add(
-                "ocppgw_kafka_broker_up",
-                "1 when the connection to the broker is up",
-                m.kafka_broker_up.clone(),
-            );
-            r.add(
-                "ocppgw_kafka_broker_rtt_seconds",
-                "Average request round trip to the broker",
-                m.kafka_broker_rtt.clone(),
-            );
-            r.add(
-                "ocppgw_kafka_broker_errors",
-                "Errors and request timeouts toward the broker",
-                m.kafka_broker_errors.clone(),
-            );
-            r.add(
-                "ocppgw_kafka_consumer_lag",
-                "Records behind the partition end (commands)",
-                m.kafka_consumer_lag.clone(),
-            );
-            r.add(
-                "ocppgw_kafka_record_age_seconds",
-                "Age of consumed command records when read",
-                m.kafka_record_age.clone(),
-            );
-        }
-        registry.register_collector(Box::new(process::ProcessCollector));
-        names.extend(process::NAMES);
-
-        m.initialise(supported, kafka_topics.unwrap_or_default());
-        Arc::new(Metrics {
-            registry,
-            names,
-            ..m
-        })
+        m.initialise(supported);
+        Arc::new(m)
     }
 
     /// Starts the known series at 0, so rates and alerts see them from the first scrape.
-    fn initialise(&self, supported: &[OcppVersion], kafka_topics: &[&str]) {
+    fn initialise(&self, supported: &[OcppVersion]) {
         for attempt in ConnectionAttempt::ALL {
             let _ = self.connection_attempts.get_or_create(&ResultLabels {
                 result: attempt.as_str(),
@@ -448,13 +330,6 @@ impl Metrics {
             let _ = self.invalid_frames.get_or_create(&KindLabels {
                 kind: kind.as_str(),
             });
-        }
-        for listener in HttpListener::ALL {
-            let labels = ListenerLabels {
-                listener: listener.as_str(),
-            };
-            let _ = self.http_connections.get_or_create(&labels);
-            let _ = self.http_connections_refused.get_or_create(&labels);
         }
         for direction in ["inbound", "outbound"] {
             let _ = self
@@ -499,10 +374,10 @@ impl Metrics {
                 }
             }
         }
-        for direction in ["inbound", "outbound"] {
+        for direction in CallDirection::ALL {
             for code in ERROR_CODES {
                 let _ = self.call_errors.get_or_create(&CallErrorLabels {
-                    direction,
+                    direction: direction.as_str(),
                     error_code: code.as_str(OcppVersion::V201),
                 });
             }
@@ -520,28 +395,6 @@ impl Metrics {
                 });
             }
         }
-        for topic in kafka_topics {
-            let topic: &'static str = Box::leak(topic.to_string().into_boxed_str());
-            for outcome in ["ok", "error"] {
-                let _ = self
-                    .kafka_produce
-                    .get_or_create(&TopicOutcomeLabels { topic, outcome });
-            }
-        }
-    }
-
-    /// The name of every metric family (counters without their `_total` suffix).
-    pub fn names(&self) -> &[&'static str] {
-        &self.names
-    }
-
-    /// The OpenMetrics text of every metric.
-    pub fn encode(&self) -> String {
-        let mut text = String::with_capacity(64 * 1024);
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            tracing::error!(error = %e, "metrics could not be encoded");
-        }
-        text
     }
 
     /// Counts one frame received.
@@ -622,37 +475,37 @@ impl Metrics {
     /// Records a finished CALL round trip.
     pub fn call_done(
         &self,
-        direction: &'static str,
+        direction: CallDirection,
         action: &'static str,
-        outcome: &'static str,
+        end: CallEnd,
         seconds: f64,
     ) {
         self.call_duration
             .get_or_create(&CallLabels {
-                direction,
+                direction: direction.as_str(),
                 action,
-                outcome,
+                outcome: end.as_str(),
             })
             .observe(seconds);
     }
 
     /// Counts one CALLERROR.
-    pub fn call_error(&self, direction: &'static str, code: &str) {
+    pub fn call_error(&self, direction: CallDirection, code: &str) {
         self.call_errors
             .get_or_create(&CallErrorLabels {
-                direction,
+                direction: direction.as_str(),
                 error_code: error_code_label(code),
             })
             .inc();
     }
 
     /// Counts one command outcome.
-    pub fn command(&self, source: &'static str, action: &'static str, outcome: &'static str) {
+    pub fn command(&self, source: CommandSource, action: &'static str, status: CommandStatus) {
         self.commands
             .get_or_create(&CommandLabels {
-                source,
+                source: source.as_str(),
                 action,
-                outcome,
+                outcome: status.as_str(),
             })
             .inc();
     }
@@ -675,14 +528,39 @@ impl Metrics {
     }
 }
 
-/// Registers metrics and remembers their names.
-struct Registrar<'a> {
-    registry: &'a mut Registry,
-    names: &'a mut Vec<&'static str>,
+/// The one Prometheus registry: each component registers its own metrics here, and
+/// the metrics listener encodes them all.
+pub struct MetricsRegistry {
+    registry: Registry,
+    names: Vec<&'static str>,
 }
 
-impl Registrar<'_> {
-    fn add(
+impl MetricsRegistry {
+    /// A registry holding the build information and the process's own metrics.
+    pub fn new() -> MetricsRegistry {
+        let mut r = MetricsRegistry {
+            registry: Registry::default(),
+            names: Vec::new(),
+        };
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.add(
+            "ocppgw_build_info",
+            "The gateway's version (always 1)",
+            build,
+        );
+        r.registry
+            .register_collector(Box::new(process::ProcessCollector));
+        r.names.extend(process::NAMES);
+        r
+    }
+
+    /// Registers `metric` as `name`.
+    pub fn add(
         &mut self,
         name: &'static str,
         help: &str,
@@ -690,6 +568,26 @@ impl Registrar<'_> {
     ) {
         self.names.push(name);
         self.registry.register(name, help, metric);
+    }
+
+    /// The name of every metric family (counters without their `_total` suffix).
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(64 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %e, "metrics could not be encoded");
+        }
+        text
+    }
+}
+
+impl Default for MetricsRegistry {
+    fn default() -> Self {
+        MetricsRegistry::new()
     }
 }
 

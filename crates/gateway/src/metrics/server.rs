@@ -10,23 +10,31 @@ use axum::{
     Router,
 };
 
-use crate::gateway::Shared;
+use super::MetricsRegistry;
 
 /// The OpenMetrics content type.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The classic Prometheus text format, for clients that do not ask for OpenMetrics.
 const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The metrics routes.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(shared)
+/// What a scrape reads: the registry, and the gauges to bring up to date first.
+pub struct Scrape {
+    /// Every registered metric.
+    pub registry: Arc<MetricsRegistry>,
+    /// Sets the gauges that are read rather than counted.
+    pub refresh: Box<dyn Fn() + Send + Sync>,
 }
 
-async fn scrape(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
-    shared.refresh_gauges();
-    let text = shared.metrics.encode();
+/// The metrics routes.
+pub fn router(scrape_state: Arc<Scrape>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(scrape_state)
+}
+
+async fn scrape(State(state): State<Arc<Scrape>>, headers: HeaderMap) -> impl IntoResponse {
+    (state.refresh)();
+    let text = state.registry.encode();
     let wants_openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()

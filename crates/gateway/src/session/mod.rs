@@ -7,15 +7,19 @@
 //! through TCP instead of growing memory. The gateway's own CALLs wait in a bounded queue
 //! behind the one in flight.
 
+mod config;
 mod handle;
+mod handler;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use chrono::Utc;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use ocpp::{
     frame::{self, RpcError},
-    ErrorCode, Frame, FrameErrorKind, MessageType, OcppVersion, PayloadKind,
+    ErrorCode, Frame, FrameErrorKind, MessageType, OcppVersion,
 };
 use serde_json::{json, value::RawValue};
 use tokio::{
@@ -32,23 +36,32 @@ use tokio_tungstenite::{
 };
 use tracing::{debug, info, warn, Instrument};
 
+pub use config::SessionConfig;
 pub use handle::{
     CallErrorInfo, CallOutcome, CloseRequest, ConnectionInfo, ErrorOrigin, PendingCallInfo,
     QueueMode, SessionHandle,
 };
 pub(crate) use handle::{OutboundCall, SessionEnd};
+pub use handler::{CallReply, InboundCall, MessageHandler, ResponseVerdict};
 
 use crate::{
-    dispatch::{self, CallReply, InboundCall},
-    event::{
-        ClosedData, Event, EventData, MessageData, OpenedData, CONNECTION_CLOSED,
-        CONNECTION_OPENED, MESSAGE_RECEIVED,
-    },
-    gateway::Shared,
-    labels::{DisconnectReason, InvalidFrameKind},
-    metrics::{action_label, ReasonLabels, VersionActionLabels, VersionLabels, OTHER},
-    telemetry::debug_trace::redact,
+    labels::{CallDirection, CallEnd, DisconnectReason, InvalidFrameKind},
+    metrics::{action_label, Metrics, VersionActionLabels, OTHER},
+    telemetry::debug_trace::{redact, DebugTraces},
 };
+
+/// What every session of a listener shares: its settings, the message handler, and
+/// where it reports.
+pub struct SessionContext<H> {
+    /// The session settings.
+    pub config: SessionConfig,
+    /// Processes what charge points say.
+    pub handler: Arc<H>,
+    /// The traffic metrics.
+    pub metrics: Arc<Metrics>,
+    /// Charge points whose frames are logged.
+    pub debug_traces: Arc<DebugTraces>,
+}
 
 /// The `invalid_frames_total{kind}` value of a decoding failure.
 fn frame_error_kind(kind: &FrameErrorKind) -> InvalidFrameKind {
@@ -102,9 +115,9 @@ struct InFlight {
 
 type ReplyFuture = Pin<Box<dyn Future<Output = CallReply> + Send>>;
 
-struct Session<S> {
+struct Session<S, H> {
     ws: WebSocketStream<S>,
-    shared: Arc<Shared>,
+    ctx: Arc<SessionContext<H>>,
     info: Arc<ConnectionInfo>,
     end: SessionEnd,
     inbound_queue: VecDeque<InboundCall>,
@@ -116,24 +129,25 @@ struct Session<S> {
     awaiting_pong_until: Option<Instant>,
 }
 
-/// Runs the session of an upgraded connection until it ends.
-pub(crate) fn run<S>(
+/// Runs the session of an upgraded connection until it ends; every call still waiting
+/// is answered `NotConnected` before it returns.
+pub(crate) fn run<S, H>(
     ws: WebSocketStream<S>,
-    shared: Arc<Shared>,
+    ctx: Arc<SessionContext<H>>,
     info: Arc<ConnectionInfo>,
     end: SessionEnd,
-    fallback: bool,
-) -> impl Future<Output = ()> + Send
+) -> impl Future<Output = EndReason> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: MessageHandler,
 {
     // Everything an idle connection keeps lives in the returned future or behind it. The
     // session goes to the heap, and this is not an `async fn`, so that the socket is not
     // also kept among a generator's captured arguments for the connection's whole life.
     let session = Box::new(Session {
         ws,
-        shared: shared.clone(),
-        info: info.clone(),
+        ctx,
+        info,
         end,
         inbound_queue: VecDeque::new(),
         in_flight: None,
@@ -141,95 +155,30 @@ where
         consecutive_bad: 0,
         awaiting_pong_until: None,
     });
-    serve(session, shared, info, fallback)
+    serve(session)
 }
 
-async fn serve<S>(
-    mut session: Box<Session<S>>,
-    shared: Arc<Shared>,
-    info: Arc<ConnectionInfo>,
-    fallback: bool,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let opened = OpenedData {
-        ocpp_version: info.version,
-        subprotocol_fallback: fallback,
-        peer_address: info.peer_address,
-        connection_id: info.connection_id.clone(),
-        gateway_node: shared.config.node_id.clone(),
-    };
-    shared
-        .publish_quietly(Event::new(
-            &shared.config.node_id,
-            CONNECTION_OPENED,
-            &info.charge_point_id,
-            EventData::Opened(opened),
-        ))
-        .boxed()
-        .await;
-    info!(version = %info.version, peer = %info.peer_address, fallback, "charge point connected");
-    let version_label = VersionLabels {
-        ocpp_version: info.version.subprotocol(),
-    };
-    shared
-        .metrics
-        .connections
-        .get_or_create(&version_label)
-        .inc();
-
-    let ended = session.run_loop().await;
-    // Unregister before the closed event, so that whoever sees the event also sees the
-    // charge point gone (unless a newer connection already took its place).
-    shared
-        .registry
-        .remove(&info.charge_point_id, &info.connection_id);
-    session.fail_pending_calls();
-
-    let duration = (Utc::now() - info.connected_at).num_milliseconds() as f64 / 1000.0;
-    shared
-        .metrics
-        .connections
-        .get_or_create(&version_label)
-        .dec();
-    shared
-        .metrics
-        .disconnects
-        .get_or_create(&ReasonLabels {
-            reason: ended.reason.as_str(),
-        })
-        .inc();
-    shared.metrics.connection_duration.observe(duration);
-    info!(reason = ended.reason.as_str(), close_code = ?ended.close_code, duration_seconds = duration, "charge point disconnected");
-    let closed = ClosedData {
-        ocpp_version: info.version,
-        reason: ended.reason.as_str(),
-        close_code: ended.close_code,
-        duration_seconds: duration,
-        connection_id: info.connection_id.clone(),
-        gateway_node: shared.config.node_id.clone(),
-    };
-    shared
-        .publish_quietly(Event::new(
-            &shared.config.node_id,
-            CONNECTION_CLOSED,
-            &info.charge_point_id,
-            EventData::Closed(closed),
-        ))
-        .boxed()
-        .await;
-}
-
-impl<S> Session<S>
+async fn serve<S, H>(mut session: Box<Session<S, H>>) -> EndReason
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: MessageHandler,
+{
+    let ended = session.run_loop().await;
+    session.fail_pending_calls();
+    ended
+}
+
+impl<S, H> Session<S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: MessageHandler,
 {
     fn version(&self) -> OcppVersion {
         self.info.version
     }
 
     async fn run_loop(&mut self) -> EndReason {
-        let session_config = self.shared.config.session.clone();
+        let session_config = self.ctx.config.clone();
         let pings_on = !session_config.ping_interval.is_zero();
         let mut next_ping = Instant::now() + session_config.ping_interval;
         let mut paused_since_ping = false;
@@ -313,7 +262,7 @@ where
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                 warn!(size, max_size, "message over the size limit");
-                self.shared.metrics.invalid_frame(InvalidFrameKind::TooBig);
+                self.ctx.metrics.invalid_frame(InvalidFrameKind::TooBig);
                 return Some(self.close(DisconnectReason::MessageTooBig).await);
             }
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
@@ -330,7 +279,7 @@ where
             // require failing the connection with 1007.
             Some(Err(WsError::Utf8(e))) => {
                 crate::warn_limited!(error = %e, "frame with invalid UTF-8");
-                self.shared
+                self.ctx
                     .metrics
                     .invalid_frame(InvalidFrameKind::InvalidUtf8);
                 return Some(self.close(DisconnectReason::InvalidUtf8).await);
@@ -347,7 +296,7 @@ where
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
                 warn!("binary frame received; OCPP-J uses text frames only");
-                self.shared.metrics.invalid_frame(InvalidFrameKind::Binary);
+                self.ctx.metrics.invalid_frame(InvalidFrameKind::Binary);
                 Some(self.close(DisconnectReason::BinaryFrame).await)
             }
             // tungstenite queued the pong; writing it out before reading on means a peer
@@ -372,14 +321,14 @@ where
 
     async fn on_text(&mut self, text: &str) -> Option<EndReason> {
         let version = self.version();
-        if self.shared.debug_traces.is_on(&self.info.charge_point_id) {
+        if self.ctx.debug_traces.is_on(&self.info.charge_point_id) {
             info!(direction = "in", frame = %redact(text), "debug trace");
         }
         let size = text.len();
         let frame = match Frame::decode(text, version) {
             Ok(frame) => frame,
             Err(error) => {
-                self.shared
+                self.ctx
                     .metrics
                     .invalid_frame(frame_error_kind(&error.kind));
                 crate::warn_limited!(error = %error, message_type = ?error.message_type, "invalid frame");
@@ -405,7 +354,7 @@ where
                 .map_or(OTHER, |pending| pending.action_label),
             Frame::CallResultError(_) => OTHER,
         };
-        self.shared
+        self.ctx
             .metrics
             .received(version, frame.message_type(), action, size);
         match frame {
@@ -424,7 +373,7 @@ where
                         .any(|c| c.message_id == message_id);
                 if duplicate {
                     warn!(%message_id, %action, "CALL reuses a message id that is still in flight");
-                    self.shared
+                    self.ctx
                         .metrics
                         .invalid_frame(InvalidFrameKind::DuplicateMessageId);
                     let reply = frame::encode_call_error(
@@ -466,7 +415,9 @@ where
             Frame::CallResultError(error) => {
                 warn!(message_id = %error.message_id, code = %error.error_code, description = %error.description,
                     "charge point rejected a CALLRESULT of the gateway");
-                self.record_error_frame(MessageType::CallResultError, None, error)
+                self.ctx
+                    .handler
+                    .error(&self.info, MessageType::CallResultError, None, error)
                     .await;
                 None
             }
@@ -475,7 +426,10 @@ where
                 action,
                 payload,
             } => {
-                self.on_send(message_id, action, payload).await;
+                self.ctx
+                    .handler
+                    .send(&self.info, message_id, action, payload)
+                    .await;
                 None
             }
         }
@@ -513,11 +467,11 @@ where
                 span.record("rpc.method", call.action.as_str());
                 span.record("ocpp.version", self.version().subprotocol());
             }
-            let future = dispatch::handle_call(self.shared.clone(), self.info.clone(), call);
+            let future = self.ctx.handler.clone().call(self.info.clone(), call);
             // A span nobody records (the usual case below debug logging without traces)
             // would still be entered and left at every poll.
             let reply: ReplyFuture = if span.is_disabled() {
-                Box::pin(future)
+                future
             } else {
                 Box::pin(future.instrument(span))
             };
@@ -535,129 +489,72 @@ where
         message_id: String,
         payload: Box<RawValue>,
     ) -> Option<EndReason> {
-        let Some(pending) = self.take_outbound(&message_id) else {
+        let pending = self.take_outbound(&message_id);
+        if pending.is_none() {
             crate::warn_limited!(%message_id, "CALLRESULT for no pending CALL (late or unknown)");
-            self.shared.metrics.late_responses.inc();
-            self.record_message(MessageType::CallResult, &message_id, None, Some(payload))
-                .await;
-            return None;
-        };
-        let version = self.version();
-        let parsed: Result<serde_json::Value, _> = serde_json::from_str(payload.get());
-        let outcome = match parsed {
-            Err(e) => CallOutcome::CallError(CallErrorInfo {
-                code: ErrorCode::FormatViolation.as_str(version).to_owned(),
-                description: e.to_string(),
-                details: json!({}),
-                origin: ErrorOrigin::Gateway,
-            }),
-            Ok(value) => match self.shared.schemas.validate(
-                version,
-                &pending.action,
-                PayloadKind::Response,
-                &value,
-            ) {
-                Some(Err(violation)) => {
-                    warn!(%message_id, action = %pending.action, error = %violation, "CALLRESULT failed validation");
-                    if version == OcppVersion::V21 {
-                        let frame = frame::encode_call_result_error(
-                            &message_id,
-                            violation.code,
-                            &violation.description,
-                            &dispatch::violation_details(&violation),
-                        );
-                        let size = frame.len();
-                        if let Err(ended) = self.send_text(frame).await {
-                            self.complete_outbound(pending, CallOutcome::NotConnected);
-                            return Some(ended);
-                        }
-                        self.shared.metrics.sent(
-                            version,
-                            MessageType::CallResultError,
-                            pending.action_label,
-                            size,
-                        );
-                    }
-                    CallOutcome::CallError(CallErrorInfo {
-                        code: violation.code.as_str(version).to_owned(),
-                        description: violation.description.clone(),
-                        details: dispatch::violation_details(&violation),
-                        origin: ErrorOrigin::Gateway,
-                    })
-                }
-                _ => CallOutcome::Completed(payload.clone()),
-            },
-        };
-        self.record_message(
-            MessageType::CallResult,
-            &message_id,
-            Some(pending.action.clone()),
-            Some(payload),
-        )
-        .await;
-        self.complete_outbound(pending, outcome);
+            self.ctx.metrics.late_responses.inc();
+        }
+        let action = pending.as_ref().map(|pending| pending.action.as_str());
+        let verdict = self
+            .ctx
+            .handler
+            .response(&self.info, &message_id, action, payload)
+            .await;
+        let pending = pending?;
+        if let Some(reply) = verdict.reply {
+            let size = reply.len();
+            if let Err(ended) = self.send_text(reply).await {
+                self.complete_outbound(pending, CallOutcome::NotConnected);
+                return Some(ended);
+            }
+            self.ctx.metrics.sent(
+                self.version(),
+                MessageType::CallResultError,
+                pending.action_label,
+                size,
+            );
+        }
+        self.complete_outbound(pending, verdict.outcome);
         None
     }
 
     async fn on_call_error(&mut self, error: RpcError) {
-        let Some(pending) = self.take_outbound(&error.message_id) else {
+        let pending = self.take_outbound(&error.message_id);
+        if pending.is_none() {
             crate::warn_limited!(message_id = %error.message_id, "CALLERROR for no pending CALL (late or unknown)");
-            self.shared.metrics.late_responses.inc();
-            self.record_error_frame(MessageType::CallError, None, error)
-                .await;
-            return;
-        };
-        let details = serde_json::from_str(error.details.get()).unwrap_or_else(|_| json!({}));
-        let outcome = CallOutcome::CallError(CallErrorInfo {
-            code: error.error_code.clone(),
-            description: error.description.clone(),
-            details,
-            origin: ErrorOrigin::ChargePoint,
-        });
-        self.record_error_frame(MessageType::CallError, Some(pending.action.clone()), error)
+            self.ctx.metrics.late_responses.inc();
+        }
+        let action = pending.as_ref().map(|pending| pending.action.as_str());
+        let info = self
+            .ctx
+            .handler
+            .error(&self.info, MessageType::CallError, action, error)
             .await;
-        self.complete_outbound(pending, outcome);
-    }
-
-    async fn on_send(&mut self, message_id: String, action: String, payload: Box<RawValue>) {
-        let version = self.version();
-        let valid = serde_json::from_str(payload.get()).ok().and_then(|value| {
-            self.shared
-                .schemas
-                .validate(version, &action, PayloadKind::Request, &value)
-        });
-        match valid {
-            Some(Ok(_)) => {
-                self.record_message(MessageType::Send, &message_id, Some(action), Some(payload))
-                    .await
-            }
-            Some(Err(violation)) => {
-                warn!(%message_id, %action, error = %violation, "SEND payload failed validation")
-            }
-            None => warn!(%message_id, %action, "SEND of an unknown action"),
+        if let Some(pending) = pending {
+            self.complete_outbound(pending, CallOutcome::CallError(info));
         }
     }
 
     /// Hands a gateway CALL its outcome and records it.
     fn complete_outbound(&self, pending: PendingOutbound, outcome: CallOutcome) {
         self.info.set_pending_call(None);
-        let metrics = &self.shared.metrics;
+        let metrics = &self.ctx.metrics;
         metrics.pending_calls.dec();
-        let label = match &outcome {
-            CallOutcome::Completed(_) => "completed",
+        let end = match &outcome {
+            CallOutcome::Completed(_) => CallEnd::Completed,
             CallOutcome::CallError(error) => {
                 if error.origin == ErrorOrigin::ChargePoint {
-                    metrics.call_error("outbound", &error.code);
+                    metrics.call_error(CallDirection::Outbound, &error.code);
                 }
-                "callError"
+                CallEnd::CallError
             }
-            CallOutcome::Timeout => "timeout",
-            CallOutcome::NotConnected | CallOutcome::QueueFull => "notConnected",
+            CallOutcome::Timeout => CallEnd::Timeout,
+            CallOutcome::NotConnected | CallOutcome::QueueFull => CallEnd::NotConnected,
         };
         metrics.call_done(
-            "outbound",
+            CallDirection::Outbound,
             pending.action_label,
-            label,
+            end,
             pending.sent_at.elapsed().as_secs_f64(),
         );
         let _ = pending.reply.send(outcome);
@@ -665,18 +562,18 @@ where
 
     /// Records the answer to a charge point CALL once it is written.
     fn count_reply(&self, call: &InFlight, error: Option<ErrorCode>, size: usize) {
-        let metrics = &self.shared.metrics;
+        let metrics = &self.ctx.metrics;
         let version = self.version();
         let elapsed = call.received.elapsed().as_secs_f64();
-        let (message_type, outcome) = match error {
-            None => (MessageType::CallResult, "completed"),
+        let (message_type, end) = match error {
+            None => (MessageType::CallResult, CallEnd::Completed),
             Some(code) => {
-                metrics.call_error("inbound", code.as_str(OcppVersion::V201));
-                (MessageType::CallError, "callError")
+                metrics.call_error(CallDirection::Inbound, code.as_str(OcppVersion::V201));
+                (MessageType::CallError, CallEnd::CallError)
             }
         };
         metrics.sent(version, message_type, call.action_label, size);
-        metrics.call_done("inbound", call.action_label, outcome, elapsed);
+        metrics.call_done(CallDirection::Inbound, call.action_label, end, elapsed);
         metrics
             .message_processing_duration
             .get_or_create(&VersionActionLabels {
@@ -688,8 +585,8 @@ where
 
     /// Records a CALLERROR the session itself sends (before any dispatch).
     fn count_error_sent(&self, code: ErrorCode, action: &'static str, size: usize) {
-        let metrics = &self.shared.metrics;
-        metrics.call_error("inbound", code.as_str(OcppVersion::V201));
+        let metrics = &self.ctx.metrics;
+        metrics.call_error(CallDirection::Inbound, code.as_str(OcppVersion::V201));
         metrics.sent(self.version(), MessageType::CallError, action, size);
     }
 
@@ -725,7 +622,7 @@ where
             ..
         } = *call;
         let action_label = action_label(self.version(), &action);
-        let metrics = &self.shared.metrics;
+        let metrics = &self.ctx.metrics;
         metrics.sent(self.version(), MessageType::Call, action_label, text.len());
         metrics.pending_calls.inc();
         self.outbound = Some(Box::new(PendingOutbound {
@@ -741,7 +638,7 @@ where
 
     async fn count_bad_message(&mut self) -> Option<EndReason> {
         self.consecutive_bad += 1;
-        if self.consecutive_bad >= self.shared.config.session.bad_message_limit {
+        if self.consecutive_bad >= self.ctx.config.bad_message_limit {
             warn!(
                 count = self.consecutive_bad,
                 "too many consecutive bad messages; closing"
@@ -751,57 +648,8 @@ where
         None
     }
 
-    async fn record_message(
-        &mut self,
-        message_type: MessageType,
-        message_id: &str,
-        action: Option<String>,
-        payload: Option<Box<RawValue>>,
-    ) {
-        let mut data = MessageData::new(
-            self.version(),
-            message_type,
-            message_id,
-            action,
-            &self.info.connection_id,
-            &self.shared.config.node_id,
-        );
-        data.payload = payload;
-        self.publish_message(data).await;
-    }
-
-    async fn record_error_frame(
-        &mut self,
-        message_type: MessageType,
-        action: Option<String>,
-        error: RpcError,
-    ) {
-        let mut data = MessageData::new(
-            self.version(),
-            message_type,
-            &error.message_id,
-            action,
-            &self.info.connection_id,
-            &self.shared.config.node_id,
-        );
-        data.error_code = Some(error.error_code);
-        data.error_description = Some(error.description);
-        data.error_details = Some(error.details);
-        self.publish_message(data).await;
-    }
-
-    async fn publish_message(&mut self, data: MessageData) {
-        let event = Event::new(
-            &self.shared.config.node_id,
-            MESSAGE_RECEIVED,
-            &self.info.charge_point_id,
-            EventData::Message(data),
-        );
-        self.shared.publish_quietly(event).await;
-    }
-
     async fn send_text(&mut self, text: String) -> Result<(), EndReason> {
-        if self.shared.debug_traces.is_on(&self.info.charge_point_id) {
+        if self.ctx.debug_traces.is_on(&self.info.charge_point_id) {
             info!(direction = "out", frame = %redact(&text), "debug trace");
         }
         self.send(Message::text(text)).await
@@ -840,11 +688,7 @@ where
     }
 
     fn write_timeout(&self) -> Duration {
-        self.shared
-            .config
-            .session
-            .pong_timeout
-            .max(Duration::from_secs(1))
+        self.ctx.config.pong_timeout.max(Duration::from_secs(1))
     }
 
     /// Sends the close frame of `reason` and waits briefly for the peer's.

@@ -22,8 +22,9 @@ use parking_lot::Mutex;
 use futures_util::{future::BoxFuture, FutureExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::config::Fsync;
 use super::{ComponentHealth, Delivery, EventSink, SinkError, WriteFailures};
-use crate::{config::Fsync, event::Event, metrics::Metrics};
+use crate::{event::Event, metrics::Metrics};
 
 /// Most events written per batch.
 const MAX_BATCH: usize = 256;
@@ -398,7 +399,13 @@ mod tests {
     }
 
     fn metrics() -> Arc<Metrics> {
-        Metrics::new(&OcppVersion::ALL, None)
+        registered_metrics().1
+    }
+
+    fn registered_metrics() -> (crate::metrics::MetricsRegistry, Arc<Metrics>) {
+        let mut registry = crate::metrics::MetricsRegistry::new();
+        let metrics = Metrics::register(&mut registry, &OcppVersion::ALL);
+        (registry, metrics)
     }
 
     /// The message ids of the file's lines; panics on a line that is not a whole event.
@@ -499,7 +506,7 @@ mod tests {
     async fn writes_json_lines_and_acknowledges_after_writing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let metrics = metrics();
+        let (registry, metrics) = registered_metrics();
         let sink = EmbeddedSink::start(
             Output::File(path.clone()),
             options(Duration::from_secs(5)),
@@ -517,7 +524,7 @@ mod tests {
         let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
         assert_eq!(message_ids(&path), expected);
         assert_eq!(sink.health().status, "up");
-        let durable = metrics.encode();
+        let durable = registry.encode();
         assert!(
             durable.contains(
                 r#"ocppgw_events_published_total{event_type="message_received",outcome="ok"} 20"#

@@ -5,6 +5,7 @@
 //! reports, through the returned [`Delivery`], when the event is durable. A charge point's
 //! CALL for a durable action is answered only after its delivery succeeded.
 
+pub mod config;
 pub mod embedded;
 pub mod ring;
 

@@ -1,5 +1,7 @@
-//! Test harness: the real gateway on 127.0.0.1:0, a real WebSocket client, a real HTTP client.
-#![allow(dead_code)]
+//! The test harness every Rust test of the gateway and the simulator uses: the real
+//! gateway in process on 127.0.0.1:0 ([`TestGateway`]), a real WebSocket client ([`Cp`]),
+//! a real HTTP client for the admin API and the metrics endpoint, and a real
+//! Kafka-protocol broker process ([`broker::Broker`]).
 
 pub mod broker;
 
@@ -9,7 +11,7 @@ use charge_point_gateway::{
     config::EventOutput,
     event::Event,
     sink::{ComponentHealth, Delivery, EventSink, SinkError},
-    Config, Gateway, Shared,
+    Config, Gateway, Probe,
 };
 use futures_util::{future::BoxFuture, FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -30,7 +32,7 @@ pub struct TestGateway {
     pub ocpp: SocketAddr,
     pub admin: SocketAddr,
     pub metrics: Option<SocketAddr>,
-    pub shared: Arc<Shared>,
+    pub probe: Probe,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     http: reqwest::Client,
@@ -78,7 +80,7 @@ impl TestGateway {
         let ocpp = gateway.ocpp_address();
         let admin = gateway.admin_address();
         let metrics = gateway.metrics_address();
-        let shared = gateway.shared();
+        let probe = gateway.probe();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async move {
             let _ = stopped.await;
@@ -87,7 +89,7 @@ impl TestGateway {
             ocpp,
             admin,
             metrics,
-            shared,
+            probe,
             stop: Some(stop),
             task: Some(task),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),

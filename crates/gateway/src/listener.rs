@@ -1,0 +1,284 @@
+//! The OCPP listener: accepts charge point sockets within the open-file budget, runs the
+//! WebSocket handshake under the handshake policy, registers each session, and hands it
+//! to the pipeline until it ends.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use futures_util::FutureExt;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
+use tokio_tungstenite::tungstenite::{http::Request, protocol::WebSocketConfig};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::{
+    config::ListenerConfig,
+    handshake::{Accepted, HandshakePolicy, Refusal},
+    health::Lifecycle,
+    labels::{ConnectionAttempt, DisconnectReason},
+    metrics::Metrics,
+    pipeline::Pipeline,
+    registry::Registry,
+    session::{self, ConnectionInfo, SessionContext, SessionHandle},
+    upgrade::UpgradeError,
+};
+
+/// What every charge point connection needs from the rest of the gateway.
+pub struct OcppListener {
+    /// The `[listener]` settings.
+    pub config: ListenerConfig,
+    /// The sessions of this instance.
+    pub sessions: Arc<Registry>,
+    /// Whether shutdown has begun (handshakes are then refused).
+    pub lifecycle: Arc<Lifecycle>,
+    /// The traffic metrics.
+    pub metrics: Arc<Metrics>,
+    /// Where opened and closed connections are reported.
+    pub pipeline: Arc<Pipeline>,
+    /// What every session shares.
+    pub sessions_context: Arc<SessionContext<Pipeline>>,
+}
+
+/// Open files the process needs besides sockets: the events file, log output, Kafka's
+/// broker connections, the runtime's own descriptors.
+const OTHER_FILES: u64 = 64;
+
+/// How many charge point sockets (upgraded or still in their handshake) may be open at
+/// once, so that charge points can never take the file descriptors that the admin and
+/// metrics listeners, and the rest of the process, need.
+#[derive(Debug, Clone)]
+pub struct SocketBudget {
+    open: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+/// One charge point socket counted against the budget, for as long as it is open.
+struct SocketSlot(Arc<AtomicUsize>);
+
+impl SocketBudget {
+    /// The budget under the process's open-file limit (raised to its hard limit first),
+    /// less `other_sockets` (what the admin and metrics listeners may hold) and what the
+    /// rest of the process needs; `max_connections` is only compared, for a warning.
+    pub fn from_open_file_limit(max_connections: usize, other_sockets: usize) -> SocketBudget {
+        let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(files) => {
+                let reserve = OTHER_FILES + other_sockets as u64;
+                let limit = files.saturating_sub(reserve) as usize;
+                if limit < max_connections {
+                    warn!(
+                        open_file_limit = files,
+                        reserved = reserve,
+                        max_connections,
+                        "the open-file limit leaves room for fewer charge point sockets than listener.max_connections; raise the limit (ulimit -n)"
+                    );
+                }
+                limit
+            }
+            Err(e) => {
+                warn!(error = %e, "the open-file limit cannot be read; charge point sockets are not budgeted");
+                usize::MAX
+            }
+        };
+        SocketBudget {
+            open: Default::default(),
+            limit,
+        }
+    }
+
+    /// A slot for a newly accepted socket, or `None` when the budget is spent.
+    fn take(&self) -> Option<SocketSlot> {
+        let taken = self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = SocketSlot(self.open.clone());
+        (taken < self.limit).then_some(slot)
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl OcppListener {
+    /// Accepts charge points on `listener` until `stop`; each connection is a task on
+    /// `tasks`.
+    pub async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        budget: SocketBudget,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let Some(slot) = budget.take() else {
+                        // Closed before reading anything: answering would need the very
+                        // descriptors this keeps for the rest of the process.
+                        self.metrics
+                            .connection_attempt(ConnectionAttempt::AtCapacity);
+                        crate::warn_limited!(%peer, limit = budget.limit, "charge point socket closed at once: the open-file budget is spent");
+                        continue;
+                    };
+                    let this = self.clone();
+                    tasks.spawn(async move {
+                        this.serve_connection(stream, peer).await;
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off briefly instead of spinning.
+                    crate::error_limited!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Closes every session with 1001, spread evenly over `drain` so that the
+    /// reconnecting fleet does not hit the other instances all at once.
+    pub async fn drain(&self, drain: Duration) {
+        let handles = self.sessions.all();
+        if handles.is_empty() {
+            return;
+        }
+        let step = drain / handles.len() as u32;
+        let start = Instant::now();
+        info!(
+            connections = handles.len(),
+            drain_seconds = drain.as_secs_f64(),
+            "closing connections"
+        );
+        for (i, handle) in handles.iter().enumerate() {
+            tokio::time::sleep_until(start + step * i as u32).await;
+            handle.close(DisconnectReason::GatewayShutdown);
+        }
+        // A handshake that was completing when the drain began registers after the snapshot.
+        for handle in self.sessions.all() {
+            handle.close(DisconnectReason::GatewayShutdown);
+        }
+    }
+
+    /// Whether the request comes from a charge point already connected here, which at
+    /// capacity may still replace its own connection.
+    fn replaces_own_connection(&self, path: &str, policy: &HandshakePolicy) -> bool {
+        policy
+            .charge_point_id(path)
+            .is_ok_and(|id| self.sessions.get(&id).is_some())
+    }
+
+    async fn serve_connection(&self, stream: TcpStream, peer: SocketAddr) {
+        // Boxed: the upgrade's state is large and only needed until the handshake ends,
+        // while this future lives as long as the connection (it is most of an idle
+        // connection's memory otherwise).
+        let Some((ws, accepted)) = Box::pin(self.upgrade(stream, peer)).await else {
+            return;
+        };
+        let info = Arc::new(ConnectionInfo::new(
+            accepted.charge_point_id,
+            accepted.version,
+            peer,
+        ));
+        let (handle, end) =
+            SessionHandle::new(info.clone(), self.sessions_context.config.call_queue_size);
+        let span = info_span!(
+            "session",
+            charge_point_id = %info.charge_point_id,
+            connection_id = %info.connection_id
+        );
+        if let Some(previous) = self.sessions.insert(handle) {
+            span.in_scope(|| {
+                info!(previous_connection_id = %previous.info.connection_id, "replacing the previous connection of this charge point")
+            });
+            previous.close(DisconnectReason::ReplacedByNewConnection);
+        }
+        async {
+            // Boxed like the upgrade: only needed for a moment of a long life.
+            self.pipeline.opened(&info, accepted.fallback).boxed().await;
+            let ended = session::run(ws, self.sessions_context.clone(), info.clone(), end).await;
+            // Unregistered before the closed event, so that whoever sees the event also sees
+            // the charge point gone (unless a newer connection already took its place).
+            self.sessions
+                .remove(&info.charge_point_id, &info.connection_id);
+            self.pipeline.closed(&info, ended).boxed().await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// The WebSocket upgrade with the handshake policy; `None` when refused or failed
+    /// (logged and counted here).
+    async fn upgrade(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(tokio_tungstenite::WebSocketStream<TcpStream>, Accepted)> {
+        let _ = stream.set_nodelay(true);
+        let listener_config = &self.config;
+        let policy = HandshakePolicy {
+            path_prefix: listener_config.path_prefix.clone(),
+            supported: listener_config.subprotocols.clone(),
+            fallback: listener_config.fallback_subprotocol,
+            max_id_length: listener_config.max_charge_point_id_length,
+        };
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(listener_config.read_buffer_size)
+            .write_buffer_size(0)
+            // Only a peer that does not read lets frames pile up here; past this bound a
+            // write fails and the session ends, instead of memory growing.
+            .max_write_buffer_size(listener_config.max_message_size.max(1 << 20) * 2)
+            .max_message_size(Some(listener_config.max_message_size))
+            .max_frame_size(Some(listener_config.max_message_size));
+        let decide = |request: &Request<()>| {
+            if self.lifecycle.is_draining() {
+                Err(Refusal::ShuttingDown)
+            } else if self.sessions.len() >= listener_config.max_connections
+                && !self.replaces_own_connection(request.uri().path(), &policy)
+            {
+                Err(Refusal::AtCapacity)
+            } else {
+                policy.negotiate(request)
+            }
+        };
+        let upgraded = tokio::time::timeout(
+            listener_config.handshake_timeout,
+            crate::upgrade::upgrade(stream, peer, ws_config, decide),
+        )
+        .await;
+        let attempt = |attempt| self.metrics.connection_attempt(attempt);
+        match upgraded {
+            Ok(Ok((ws, accepted))) => {
+                attempt(ConnectionAttempt::Accepted);
+                Some((ws, accepted))
+            }
+            Ok(Err(UpgradeError::Refused(refusal))) => {
+                attempt(refusal.attempt());
+                info!(%peer, reason = refusal.label(), error = %refusal, "connection refused");
+                None
+            }
+            Ok(Err(UpgradeError::Io(e))) => {
+                attempt(ConnectionAttempt::HandshakeFailed);
+                debug!(%peer, error = %e, "WebSocket handshake failed");
+                None
+            }
+            Err(_) => {
+                attempt(ConnectionAttempt::HandshakeTimeout);
+                debug!(%peer, "WebSocket handshake timed out");
+                None
+            }
+        }
+    }
+}
