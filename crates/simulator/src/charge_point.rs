@@ -4,6 +4,7 @@
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
+use ocpp::OcppVersion;
 use serde_json::Value;
 use tokio::{
     sync::watch,
@@ -21,7 +22,6 @@ use crate::{
     frames::{self, Incoming},
     payloads::{self, Identity},
     stats::Stats,
-    version::Version,
 };
 
 /// Settings every charge point of a load shares.
@@ -99,7 +99,7 @@ pub struct ChargePoint {
     /// Its id in the URL.
     pub id: String,
     /// Its OCPP version.
-    pub version: Version,
+    pub version: OcppVersion,
 }
 
 /// Runs one charge point until the run stops.
@@ -216,7 +216,7 @@ struct Queued {
 struct State {
     index: usize,
     id: String,
-    version: Version,
+    version: OcppVersion,
     profile: Arc<Profile>,
     stats: Arc<Stats>,
     configuration: Configuration,

@@ -10,6 +10,7 @@ use std::{io::Write, path::Path, time::Duration};
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
+use ocpp::OcppVersion;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,7 +21,7 @@ use crate::{
     connect::{Connector, Socket},
     frames::{self, Incoming},
     payloads::{self, Identity},
-    version::Version,
+    version,
 };
 
 /// What the session does.
@@ -29,7 +30,7 @@ pub struct SessionOptions {
     /// The charge point id.
     pub id: String,
     /// Its OCPP version.
-    pub version: Version,
+    pub version: OcppVersion,
     /// CALLs to send instead of the built-in charging session.
     pub script: Option<Vec<(String, Value)>>,
     /// Keep the connection after the script, answering commands.
@@ -147,7 +148,7 @@ impl<W: Write + Send> Session<'_, W> {
         let url = connector.url_of(&self.options.id);
         self.print(&format!(
             "connecting to {url} as OCPP {}",
-            self.options.version
+            version::number(self.options.version)
         ));
         let socket = connector
             .connect(&self.options.id, self.options.version, 0)
