@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use ocpp::OcppVersion;
+use ocpp::{ErrorCode, OcppVersion};
 use serde_json::{json, Value};
 
 /// What to send back for a CALL.
@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 pub enum Answer {
     /// A CALLRESULT with this payload.
     Result(Value),
-    /// A CALLERROR with this code and description.
-    Error(&'static str, String),
+    /// A CALLERROR with this code (spelled for the connection's version) and description.
+    Error(ErrorCode, String),
 }
 
 /// Something the charge point does after answering.
@@ -135,7 +135,7 @@ pub fn answer(
         ("TriggerMessage", _) => trigger_message(payload),
         _ => (
             Answer::Error(
-                "NotImplemented",
+                ErrorCode::NotImplemented,
                 format!("the simulator does not implement {action}"),
             ),
             None,
@@ -350,7 +350,10 @@ mod tests {
             &json!({}),
             &mut configuration,
         );
-        assert!(matches!(answer, Answer::Error("NotImplemented", _)));
+        assert!(matches!(
+            answer,
+            Answer::Error(ErrorCode::NotImplemented, _)
+        ));
         assert_eq!(follow_up, None);
         let (_, follow_up) = super::answer(
             OcppVersion::V21,
