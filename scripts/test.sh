@@ -70,6 +70,8 @@ fi
 
 section "[3/7] cargo test --workspace --all-targets"
 cargo test --workspace --all-targets
+# ocpp as the simulator uses it, without the default `schemas` feature.
+cargo test -p ocpp-protocol --no-default-features
 
 section "[4/7] cargo build -p charge-point-gateway --bin charge-point-gateway"
 cargo build -p charge-point-gateway --bin charge-point-gateway

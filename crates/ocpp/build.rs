@@ -4,6 +4,11 @@
 use std::{env, fs, path::Path};
 
 fn main() {
+    // Only the `schemas` feature's validator reads the table; without it, skip the 2 MB.
+    if env::var_os("CARGO_FEATURE_SCHEMAS").is_none() {
+        println!("cargo:rerun-if-changed=build.rs");
+        return;
+    }
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let schema_root = Path::new(&manifest_dir).join("schemas");
     println!("cargo:rerun-if-changed=schemas");

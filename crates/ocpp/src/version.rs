@@ -37,6 +37,7 @@ impl OcppVersion {
     }
 
     /// The version's folder name among the embedded schemas.
+    #[cfg(feature = "schemas")]
     pub(crate) fn schema_folder(self) -> &'static str {
         match self {
             OcppVersion::V16 => "v16",

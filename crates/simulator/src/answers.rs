@@ -6,17 +6,16 @@
 
 use std::collections::BTreeMap;
 
+use ocpp::{ErrorCode, OcppVersion};
 use serde_json::{json, Value};
-
-use crate::version::Version;
 
 /// What to send back for a CALL.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     /// A CALLRESULT with this payload.
     Result(Value),
-    /// A CALLERROR with this code and description.
-    Error(&'static str, String),
+    /// A CALLERROR with this code (spelled for the connection's version) and description.
+    Error(ErrorCode, String),
 }
 
 /// Something the charge point does after answering.
@@ -56,7 +55,7 @@ pub struct Configuration {
 
 impl Configuration {
     /// The configuration a freshly booted simulated charge point has.
-    pub fn new(version: Version, connectors: u32) -> Self {
+    pub fn new(version: OcppVersion, connectors: u32) -> Self {
         let mut values = BTreeMap::new();
         let mut set = |key: &str, value: String, readonly: bool| {
             values.insert(key.to_owned(), (value, readonly));
@@ -104,7 +103,7 @@ impl Configuration {
 
 /// Answers a CALL from the central system.
 pub fn answer(
-    version: Version,
+    version: OcppVersion,
     action: &str,
     payload: &Value,
     configuration: &mut Configuration,
@@ -136,7 +135,7 @@ pub fn answer(
         ("TriggerMessage", _) => trigger_message(payload),
         _ => (
             Answer::Error(
-                "NotImplemented",
+                ErrorCode::NotImplemented,
                 format!("the simulator does not implement {action}"),
             ),
             None,
@@ -288,9 +287,9 @@ mod tests {
 
     #[test]
     fn change_configuration_respects_readonly_and_unknown_keys() {
-        let mut configuration = Configuration::new(Version::V16, 2);
+        let mut configuration = Configuration::new(OcppVersion::V16, 2);
         let (answer, _) = answer(
-            Version::V16,
+            OcppVersion::V16,
             "ChangeConfiguration",
             &json!({"key": "HeartbeatInterval", "value": "60"}),
             &mut configuration,
@@ -298,14 +297,14 @@ mod tests {
         assert_eq!(answer, Answer::Result(json!({"status": "Accepted"})));
         assert_eq!(configuration.get("HeartbeatInterval"), Some("60"));
         let (readonly, _) = super::answer(
-            Version::V16,
+            OcppVersion::V16,
             "ChangeConfiguration",
             &json!({"key": "NumberOfConnectors", "value": "9"}),
             &mut configuration,
         );
         assert_eq!(readonly, Answer::Result(json!({"status": "Rejected"})));
         let (unknown, _) = super::answer(
-            Version::V16,
+            OcppVersion::V16,
             "GetConfiguration",
             &json!({"key": ["HeartbeatInterval", "Nope"]}),
             &mut configuration,
@@ -319,9 +318,9 @@ mod tests {
 
     #[test]
     fn get_variables_reports_unknown_variables() {
-        let mut configuration = Configuration::new(Version::V201, 1);
+        let mut configuration = Configuration::new(OcppVersion::V201, 1);
         let (answer, _) = answer(
-            Version::V201,
+            OcppVersion::V201,
             "GetVariables",
             &json!({"getVariableData": [
                 {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
@@ -344,17 +343,20 @@ mod tests {
 
     #[test]
     fn unknown_actions_are_not_implemented_and_triggers_follow_up() {
-        let mut configuration = Configuration::new(Version::V21, 1);
+        let mut configuration = Configuration::new(OcppVersion::V21, 1);
         let (answer, follow_up) = answer(
-            Version::V21,
+            OcppVersion::V21,
             "InstallCertificate",
             &json!({}),
             &mut configuration,
         );
-        assert!(matches!(answer, Answer::Error("NotImplemented", _)));
+        assert!(matches!(
+            answer,
+            Answer::Error(ErrorCode::NotImplemented, _)
+        ));
         assert_eq!(follow_up, None);
         let (_, follow_up) = super::answer(
-            Version::V21,
+            OcppVersion::V21,
             "TriggerMessage",
             &json!({"requestedMessage": "Heartbeat"}),
             &mut configuration,

@@ -2,12 +2,10 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
+use ocpp::OcppVersion;
 use serde_json::Value;
 
-use crate::{
-    payloads::{self, ConnectorStatus, TransactionContext, TransactionPhase},
-    version::Version,
-};
+use crate::payloads::{self, ConnectorStatus, TransactionContext, TransactionPhase};
 
 /// The kind of traffic a load generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +153,7 @@ enum Step {
 /// A charge point's behaviour state: survives reconnects, so a transaction goes on.
 #[derive(Debug)]
 pub struct Behaviour {
-    version: Version,
+    version: OcppVersion,
     scenario: Scenario,
     connectors: u32,
     meter_values_per_transaction: u32,
@@ -179,7 +177,7 @@ const ENERGY_STEP_WH: u64 = 183;
 impl Behaviour {
     /// A charge point with `connectors` connectors that is idle.
     pub fn new(
-        version: Version,
+        version: OcppVersion,
         scenario: Scenario,
         connectors: u32,
         meter_values_per_transaction: u32,
@@ -432,8 +430,14 @@ mod tests {
 
     #[test]
     fn a_charging_cycle_runs_authorize_start_meter_stop_in_1_6() {
-        let mut behaviour =
-            Behaviour::new(Version::V16, Scenario::Charging, 1, 2, "CP", "TAG".into());
+        let mut behaviour = Behaviour::new(
+            OcppVersion::V16,
+            Scenario::Charging,
+            1,
+            2,
+            "CP",
+            "TAG".into(),
+        );
         let mut actions = Vec::new();
         for _ in 0..8 {
             let message = behaviour.next_message();
@@ -470,8 +474,14 @@ mod tests {
 
     #[test]
     fn a_rejected_tag_does_not_start_and_remote_start_skips_authorize() {
-        let mut behaviour =
-            Behaviour::new(Version::V201, Scenario::Charging, 2, 1, "CP", "TAG".into());
+        let mut behaviour = Behaviour::new(
+            OcppVersion::V201,
+            Scenario::Charging,
+            2,
+            1,
+            "CP",
+            "TAG".into(),
+        );
         behaviour.next_message();
         behaviour.next_message();
         let authorize = behaviour.next_message();

@@ -4,6 +4,7 @@
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
+use ocpp::{Frame, OcppVersion};
 use serde_json::Value;
 use tokio::{
     sync::watch,
@@ -15,13 +16,12 @@ use tokio_tungstenite::tungstenite::{
 };
 
 use crate::{
-    answers::{self, Answer, Configuration, FollowUp, Trigger},
+    answers::{self, Configuration, FollowUp, Trigger},
     behaviour::{Behaviour, Outgoing, Purpose, Rate, Scenario},
     connect::{Connector, Socket},
-    frames::{self, Incoming},
+    frames,
     payloads::{self, Identity},
     stats::Stats,
-    version::Version,
 };
 
 /// Settings every charge point of a load shares.
@@ -99,7 +99,7 @@ pub struct ChargePoint {
     /// Its id in the URL.
     pub id: String,
     /// Its OCPP version.
-    pub version: Version,
+    pub version: OcppVersion,
 }
 
 /// Runs one charge point until the run stops.
@@ -110,29 +110,10 @@ pub async fn run(
     stats: Arc<Stats>,
     mut control: watch::Receiver<Control>,
 ) {
+    let mut state = State::new(&charge_point, profile.clone(), stats.clone());
     let ChargePoint {
-        index,
-        number,
-        id,
-        version,
+        index, id, version, ..
     } = charge_point;
-    let mut state = State {
-        index,
-        id: id.clone(),
-        version,
-        profile: profile.clone(),
-        stats: stats.clone(),
-        configuration: Configuration::new(version, profile.connectors),
-        behaviour: Behaviour::new(
-            version,
-            profile.scenario,
-            profile.connectors,
-            profile.meter_values_per_transaction,
-            &id,
-            format!("TAG{number:08X}"),
-        ),
-        boot_reason: "PowerUp",
-    };
     let mut failures = 0u32;
     let mut storms_seen = control.borrow().storm;
     loop {
@@ -216,7 +197,7 @@ struct Queued {
 struct State {
     index: usize,
     id: String,
-    version: Version,
+    version: OcppVersion,
     profile: Arc<Profile>,
     stats: Arc<Stats>,
     configuration: Configuration,
@@ -227,6 +208,28 @@ struct State {
 }
 
 impl State {
+    /// The charge point as it is before its first connection.
+    fn new(charge_point: &ChargePoint, profile: Arc<Profile>, stats: Arc<Stats>) -> State {
+        let version = charge_point.version;
+        State {
+            index: charge_point.index,
+            id: charge_point.id.clone(),
+            version,
+            configuration: Configuration::new(version, profile.connectors),
+            behaviour: Behaviour::new(
+                version,
+                profile.scenario,
+                profile.connectors,
+                profile.meter_values_per_transaction,
+                &charge_point.id,
+                format!("TAG{:08X}", charge_point.number),
+            ),
+            profile,
+            stats,
+            boot_reason: "PowerUp",
+        }
+    }
+
     /// Runs one connection. Returns why it ended and whether it had booted.
     async fn session(
         &mut self,
@@ -234,16 +237,7 @@ impl State {
         control: &mut watch::Receiver<Control>,
         storms_seen: &mut u32,
     ) -> (End, bool) {
-        let mut link = Link {
-            next_id: 0,
-            pending: None,
-            queue: VecDeque::new(),
-            booted: false,
-            next_tick: None,
-            heartbeat_interval: None,
-            next_heartbeat: None,
-            retry_boot_at: None,
-        };
+        let mut link = Link::default();
         link.queue.push_back(Queued {
             message: self.boot_message(),
             since: Instant::now(),
@@ -375,71 +369,84 @@ impl State {
         link: &mut Link,
         text: &str,
     ) -> Result<Option<End>, &'static str> {
-        let incoming = match frames::parse(text) {
-            Ok(incoming) => incoming,
-            Err(_) => {
-                self.stats.error("malformed_frame");
-                return Ok(None);
-            }
+        let Some((reply, follow_up)) = self.take_in(link, text) else {
+            return Ok(None);
         };
-        match incoming {
-            Incoming::Call { id, .. }
-                if self.profile.echo_baseline
-                    && link
-                        .pending
-                        .as_ref()
-                        .is_some_and(|pending| pending.id == id) =>
+        socket
+            .send(Message::text(reply))
+            .await
+            .map_err(|_| "send_failed")?;
+        Ok(self.follow_up(link, follow_up))
+    }
+
+    /// Takes in one text frame. When it is a CALL of the central system's, returns the
+    /// answer to send and what the CALL asks for once it is answered.
+    fn take_in(&mut self, link: &mut Link, text: &str) -> Option<(String, Option<FollowUp>)> {
+        let Ok(frame) = Frame::decode(text, self.version) else {
+            self.stats.error("malformed_frame");
+            return None;
+        };
+        match frame {
+            Frame::Call { message_id, .. }
+                if self.profile.echo_baseline && link.is_pending(&message_id) =>
             {
                 self.answered(link, None, true);
-                Ok(None)
+                None
             }
-            Incoming::Result { id, payload } => {
-                if link
-                    .pending
-                    .as_ref()
-                    .is_some_and(|pending| pending.id == id)
-                {
+            Frame::CallResult {
+                message_id,
+                payload,
+            } => {
+                if !link.is_pending(&message_id) {
+                    self.stats.error("unexpected_result");
+                } else if let Ok(payload) = frames::payload(&payload) {
                     self.answered(link, Some(&payload), true);
                 } else {
-                    self.stats.error("unexpected_result");
+                    self.stats.error("malformed_frame");
                 }
-                Ok(None)
+                None
             }
-            Incoming::Error { id, code, .. } => {
-                if link
-                    .pending
-                    .as_ref()
-                    .is_some_and(|pending| pending.id == id)
-                {
+            Frame::CallError(error) => {
+                if link.is_pending(&error.message_id) {
                     self.stats
                         .call_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.stats.error(&format!("call_error_{code}"));
+                    self.stats
+                        .error(&format!("call_error_{}", error.error_code));
                     self.answered(link, None, false);
                 } else {
                     self.stats.error("unexpected_call_error");
                 }
-                Ok(None)
+                None
             }
-            Incoming::Call {
-                id,
+            // 2.1: the central system could not use one of our CALLRESULTs. Its CALL is over
+            // and ours are not affected, but the simulator answered wrongly: not a clean run.
+            Frame::CallResultError(error) => {
+                self.stats
+                    .error(&format!("call_result_error_{}", error.error_code));
+                None
+            }
+            // 2.1: a SEND expects no answer, and no SEND asks a charge point to do anything
+            // the simulator models.
+            Frame::Send { .. } => None,
+            Frame::Call {
+                message_id,
                 action,
                 payload,
             } => {
+                let Ok(payload) = frames::payload(&payload) else {
+                    self.stats.error("malformed_frame");
+                    return None;
+                };
                 self.stats
                     .server_calls
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (answer, follow_up) =
                     answers::answer(self.version, &action, &payload, &mut self.configuration);
-                let frame = match answer {
-                    Answer::Result(payload) => frames::result(&id, &payload),
-                    Answer::Error(code, description) => frames::error(&id, code, &description),
-                };
-                socket
-                    .send(Message::text(frame))
-                    .await
-                    .map_err(|_| "send_failed")?;
-                Ok(self.follow_up(link, follow_up))
+                Some((
+                    frames::answer(&message_id, &answer, self.version),
+                    follow_up,
+                ))
             }
         }
     }
@@ -595,6 +602,7 @@ impl State {
 }
 
 /// One connection's state.
+#[derive(Default)]
 struct Link {
     next_id: u64,
     pending: Option<Pending>,
@@ -607,6 +615,13 @@ struct Link {
 }
 
 impl Link {
+    /// Whether `id` is the outstanding CALL's message id.
+    fn is_pending(&self, id: &str) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|pending| pending.id == id)
+    }
+
     /// The earliest timer that needs the task awake.
     fn next_wake(&self) -> Option<Instant> {
         let tick = if self.pending.is_none() && self.queue.is_empty() {
@@ -633,6 +648,121 @@ fn far_future() -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn charge_point(version: OcppVersion) -> State {
+        let profile = Profile {
+            scenario: Scenario::Heartbeat,
+            rate: Rate::Max,
+            heartbeat_interval: None,
+            connectors: 1,
+            meter_values_per_transaction: 1,
+            call_timeout: Duration::from_secs(30),
+            backoff: Backoff {
+                minimum: Duration::from_secs(1),
+                maximum: Duration::from_secs(1),
+                jitter: Duration::ZERO,
+            },
+            echo_baseline: false,
+            identity: Identity::default(),
+        };
+        let identity = ChargePoint {
+            index: 0,
+            number: 1,
+            id: "CP-1".into(),
+            version,
+        };
+        State::new(&identity, Arc::new(profile), Arc::new(Stats::default()))
+    }
+
+    /// A connection whose Heartbeat CALL "1" waits for its answer.
+    fn waiting_for_call_1() -> Link {
+        Link {
+            pending: Some(Pending {
+                id: "1".into(),
+                purpose: Purpose::Plain,
+                intended: Instant::now(),
+                deadline: Instant::now() + Duration::from_secs(30),
+            }),
+            ..Link::default()
+        }
+    }
+
+    #[test]
+    fn a_call_result_error_counts_as_an_error_answer_not_a_malformed_frame() {
+        let mut state = charge_point(OcppVersion::V21);
+        let mut link = waiting_for_call_1();
+        let reply = state.take_in(&mut link, r#"[5,"42","FormatViolation","bad answer",{}]"#);
+        assert_eq!(reply, None, "a CALLRESULTERROR is never answered");
+        assert_eq!(
+            state.stats.errors(),
+            [("call_result_error_FormatViolation".to_owned(), 1)].into()
+        );
+        // It is about the central system's CALL, not ours: ours still waits.
+        assert!(link.is_pending("1"));
+        assert_eq!(state.stats.counters().call_errors, 0);
+    }
+
+    #[test]
+    fn a_send_from_the_central_system_is_ignored_without_an_answer() {
+        let mut state = charge_point(OcppVersion::V21);
+        let mut link = waiting_for_call_1();
+        let send = r#"[6,"43","NotifyPeriodicEventStream",{"id":1,"pending":0,"basetime":"2025-01-01T00:00:00Z","data":[]}]"#;
+        assert_eq!(state.take_in(&mut link, send), None);
+        assert!(
+            state.stats.errors().is_empty(),
+            "{:?}",
+            state.stats.errors()
+        );
+        assert_eq!(state.stats.counters().server_calls, 0);
+        assert!(link.is_pending("1"));
+    }
+
+    #[test]
+    fn message_types_5_and_6_are_malformed_before_2_1() {
+        let mut state = charge_point(OcppVersion::V201);
+        let mut link = waiting_for_call_1();
+        assert_eq!(
+            state.take_in(&mut link, r#"[5,"42","FormatViolation","",{}]"#),
+            None
+        );
+        assert_eq!(
+            state.take_in(&mut link, r#"[6,"43","NotifyPeriodicEventStream",{}]"#),
+            None
+        );
+        assert_eq!(
+            state.stats.errors(),
+            [("malformed_frame".to_owned(), 2)].into()
+        );
+    }
+
+    #[test]
+    fn answers_and_calls_go_through_the_ocpp_codec() {
+        let mut state = charge_point(OcppVersion::V16);
+        let mut link = waiting_for_call_1();
+        let reply = state.take_in(
+            &mut link,
+            r#"[3,"1",{"currentTime":"2025-01-01T00:00:00Z"}]"#,
+        );
+        assert_eq!(reply, None);
+        assert!(link.pending.is_none());
+        assert_eq!(state.stats.counters().calls_answered, 1);
+
+        let (reply, follow_up) = state
+            .take_in(&mut link, r#"[2,"9","InstallCertificate",{}]"#)
+            .expect("a CALL is answered");
+        assert_eq!(
+            reply,
+            r#"[4,"9","NotImplemented","the simulator does not implement InstallCertificate",{}]"#
+        );
+        assert_eq!(follow_up, None);
+        assert_eq!(state.stats.counters().server_calls, 1);
+
+        assert_eq!(state.take_in(&mut link, r#"[3,"1"]"#), None);
+        assert_eq!(
+            state.stats.errors(),
+            [("malformed_frame".to_owned(), 1)].into()
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_maximum_plus_jitter() {

@@ -3,6 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ocpp::OcppVersion;
 
 use crate::{
     behaviour::{Rate, Scenario},
@@ -11,7 +12,7 @@ use crate::{
     load::LoadOptions,
     payloads::Identity,
     session::{read_script, SessionOptions},
-    version::{Version, VersionMix},
+    version::{self, VersionMix},
 };
 
 /// OCPP charge point simulator and load generator.
@@ -221,8 +222,8 @@ pub struct SessionArgs {
     #[arg(long, default_value = "SIM-SESSION")]
     pub id: String,
     /// OCPP version: 1.6, 2.0.1 or 2.1.
-    #[arg(long = "ocpp", default_value = "1.6")]
-    pub version: Version,
+    #[arg(long = "ocpp", default_value = "1.6", value_parser = version::parse)]
+    pub version: OcppVersion,
     /// CALLs to send after booting instead of a charging session: one
     /// `["Action", {payload}]` per line, `#` starts a comment.
     #[arg(long)]

@@ -8,6 +8,7 @@ use std::{
 };
 
 use base64::Engine;
+use ocpp::OcppVersion;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpSocket, TcpStream};
@@ -23,8 +24,6 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 use tokio_util::either::Either;
-
-use crate::version::Version;
 
 /// Characters escaped in the charge point id's path segment: controls, space, and those
 /// with a meaning in a URL.
@@ -186,7 +185,7 @@ impl Connector {
     pub async fn connect(
         &self,
         id: &str,
-        version: Version,
+        version: OcppVersion,
         index: usize,
     ) -> Result<Socket, ConnectError> {
         let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
@@ -198,7 +197,7 @@ impl Connector {
     async fn connect_from(
         &self,
         id: &str,
-        version: Version,
+        version: OcppVersion,
         source: Option<IpAddr>,
     ) -> Result<Socket, ConnectError> {
         let target = self.resolve(source).await?;

@@ -1,135 +1,99 @@
-//! OCPP-J frames as the simulator reads and writes them.
+//! The simulator's side of the `ocpp` crate's frame codec.
+//!
+//! Frames are decoded with [`ocpp::Frame::decode`] and written with [`ocpp::frame`]'s
+//! encoders, which keep payloads as raw JSON text. The simulator builds and reads payloads
+//! as [`Value`]s; these functions convert between the two.
 
-use serde_json::Value;
+use ocpp::{frame, OcppVersion};
+use serde_json::{value::RawValue, Value};
 
-/// A frame from the central system.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Incoming {
-    /// `[2, id, action, payload]`: the central system asks something.
-    Call {
-        /// Message id.
-        id: String,
-        /// Action name.
-        action: String,
-        /// Payload.
-        payload: Value,
-    },
-    /// `[3, id, payload]`: the answer to one of our CALLs.
-    Result {
-        /// Message id.
-        id: String,
-        /// Payload.
-        payload: Value,
-    },
-    /// `[4, id, code, description, details]`: an error answer.
-    Error {
-        /// Message id.
-        id: String,
-        /// Error code.
-        code: String,
-        /// Description.
-        description: String,
-    },
+use crate::answers::Answer;
+
+/// `[2, id, action, payload]`: a CALL of the charge point's.
+pub fn call(id: &str, action: &str, payload: &Value) -> String {
+    frame::encode_call(id, action, &raw(payload))
 }
 
-/// A frame that is not OCPP-J; the label says what was wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed frame from the central system: {0}")]
-pub struct Malformed(pub &'static str);
-
-/// Parses one text frame.
-pub fn parse(text: &str) -> Result<Incoming, Malformed> {
-    let value: Value = serde_json::from_str(text).map_err(|_| Malformed("not JSON"))?;
-    let Value::Array(mut items) = value else {
-        return Err(Malformed("not an array"));
-    };
-    let text_at = |items: &[Value], index: usize, what: &'static str| {
-        items
-            .get(index)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or(Malformed(what))
-    };
-    let id = text_at(&items, 1, "no message id")?;
-    match items.first().and_then(Value::as_u64) {
-        Some(2) => Ok(Incoming::Call {
+/// The CALLRESULT or CALLERROR that answers the central system's CALL `id` on a `version`
+/// connection (the version decides how some error codes are spelled).
+pub fn answer(id: &str, answer: &Answer, version: OcppVersion) -> String {
+    match answer {
+        Answer::Result(payload) => frame::encode_call_result(id, &raw(payload)),
+        Answer::Error(code, description) => frame::encode_call_error(
             id,
-            action: text_at(&items, 2, "no action")?,
-            payload: items
-                .get_mut(3)
-                .map(Value::take)
-                .ok_or(Malformed("no payload"))?,
-        }),
-        Some(3) => Ok(Incoming::Result {
-            id,
-            payload: items
-                .get_mut(2)
-                .map(Value::take)
-                .ok_or(Malformed("no payload"))?,
-        }),
-        Some(4) => Ok(Incoming::Error {
-            id,
-            code: text_at(&items, 2, "no error code")?,
-            description: text_at(&items, 3, "no error description").unwrap_or_default(),
-        }),
-        _ => Err(Malformed("unknown message type")),
+            *code,
+            version,
+            description,
+            &Value::Object(Default::default()),
+        ),
     }
 }
 
-/// `[2, id, action, payload]`.
-pub fn call(id: &str, action: &str, payload: &Value) -> String {
-    serde_json::json!([2, id, action, payload]).to_string()
+/// A received payload or error details object as a [`Value`], for the code that reads it.
+///
+/// The codec has already checked that it is a JSON object, so this fails only if serde_json
+/// refuses what it accepted a moment ago.
+pub fn payload(raw: &RawValue) -> Result<Value, serde_json::Error> {
+    serde_json::from_str(raw.get())
 }
 
-/// `[3, id, payload]`.
-pub fn result(id: &str, payload: &Value) -> String {
-    serde_json::json!([3, id, payload]).to_string()
-}
-
-/// `[4, id, code, description, {}]`.
-pub fn error(id: &str, code: &str, description: &str) -> String {
-    serde_json::json!([4, id, code, description, {}]).to_string()
+fn raw(payload: &Value) -> Box<RawValue> {
+    // A Value's keys are strings and its numbers finite, so serialising it cannot fail.
+    serde_json::value::to_raw_value(payload).expect("a serde_json::Value always serialises")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ocpp::{ErrorCode, Frame};
     use serde_json::json;
 
     #[test]
-    fn parses_every_frame_kind_and_rejects_garbage() {
+    fn writes_the_frames_a_charge_point_sends() {
         assert_eq!(
-            parse(r#"[2,"7","Reset",{"type":"Soft"}]"#),
-            Ok(Incoming::Call {
-                id: "7".into(),
-                action: "Reset".into(),
-                payload: json!({"type": "Soft"})
-            })
+            call("5", "Heartbeat", &json!({})),
+            r#"[2,"5","Heartbeat",{}]"#
         );
-        assert!(matches!(
-            parse(r#"[3,"1",{}]"#),
-            Ok(Incoming::Result { .. })
-        ));
-        assert!(matches!(
-            parse(r#"[4,"1","NotImplemented","",{}]"#),
-            Ok(Incoming::Error { code, .. }) if code == "NotImplemented"
-        ));
-        assert_eq!(parse("{}"), Err(Malformed("not an array")));
-        assert_eq!(parse(r#"[9,"1"]"#), Err(Malformed("unknown message type")));
-        assert_eq!(parse(r#"[3,1,{}]"#), Err(Malformed("no message id")));
+        assert_eq!(
+            answer(
+                "5",
+                &Answer::Result(json!({"status": "Accepted"})),
+                OcppVersion::V16
+            ),
+            r#"[3,"5",{"status":"Accepted"}]"#
+        );
+        assert_eq!(
+            answer(
+                "5",
+                &Answer::Error(ErrorCode::NotImplemented, "no".into()),
+                OcppVersion::V201
+            ),
+            r#"[4,"5","NotImplemented","no",{}]"#
+        );
+        // 1.6 spells this code differently; the connection's version decides.
+        assert_eq!(
+            answer(
+                "5",
+                &Answer::Error(ErrorCode::FormatViolation, "no".into()),
+                OcppVersion::V16
+            ),
+            r#"[4,"5","FormationViolation","no",{}]"#
+        );
     }
 
     #[test]
-    fn writes_frames_that_parse_back() {
-        let frame = call("5", "Heartbeat", &json!({}));
-        assert_eq!(frame, r#"[2,"5","Heartbeat",{}]"#);
-        assert_eq!(
-            error("5", "NotImplemented", "no"),
-            r#"[4,"5","NotImplemented","no",{}]"#
-        );
-        assert!(matches!(
-            parse(&result("5", &json!({}))),
-            Ok(Incoming::Result { .. })
-        ));
+    fn what_it_writes_decodes_back_with_the_payload_intact() {
+        let sent = json!({"connectorId": 1, "meterValue": [{"sampledValue": [{"value": "1.5"}]}]});
+        let text = call("7", "MeterValues", &sent);
+        let Ok(Frame::Call {
+            message_id,
+            action,
+            payload: received,
+        }) = Frame::decode(&text, OcppVersion::V16)
+        else {
+            panic!("{text} does not decode as a CALL");
+        };
+        assert_eq!((message_id.as_str(), action.as_str()), ("7", "MeterValues"));
+        assert_eq!(payload(&received).ok(), Some(sent));
     }
 }

@@ -3,9 +3,8 @@
 //! Every payload here is valid against the OCA schemas of its version; the simulator's
 //! tests run them through a real gateway, which validates what it receives.
 
+use ocpp::OcppVersion;
 use serde_json::{json, Value};
-
-use crate::version::Version;
 
 /// Identity a simulated charge point reports in its BootNotification.
 #[derive(Debug, Clone)]
@@ -48,7 +47,7 @@ pub fn now() -> String {
 
 /// `BootNotification`.
 pub fn boot_notification(
-    version: Version,
+    version: OcppVersion,
     identity: &Identity,
     serial: &str,
     reason: &str,
@@ -79,7 +78,7 @@ pub fn heartbeat() -> Value {
 }
 
 /// `StatusNotification` for one connector (EVSE `connector` with connector 1 in 2.x).
-pub fn status_notification(version: Version, connector: u32, status: ConnectorStatus) -> Value {
+pub fn status_notification(version: OcppVersion, connector: u32, status: ConnectorStatus) -> Value {
     if version.is_2x() {
         let status = match status {
             ConnectorStatus::Available => "Available",
@@ -107,7 +106,7 @@ pub fn status_notification(version: Version, connector: u32, status: ConnectorSt
 }
 
 /// `Authorize` for an RFID tag.
-pub fn authorize(version: Version, id_tag: &str) -> Value {
+pub fn authorize(version: OcppVersion, id_tag: &str) -> Value {
     if version.is_2x() {
         json!({ "idToken": { "idToken": id_tag, "type": "ISO14443" } })
     } else {
@@ -117,7 +116,7 @@ pub fn authorize(version: Version, id_tag: &str) -> Value {
 
 /// `MeterValues` with the energy register (Wh) and the power being drawn (W).
 pub fn meter_values(
-    version: Version,
+    version: OcppVersion,
     connector: u32,
     transaction_id: Option<&str>,
     energy_wh: u64,
@@ -188,7 +187,7 @@ pub struct TransactionContext<'a> {
 
 /// The action and payload of one transaction message.
 pub fn transaction(
-    version: Version,
+    version: OcppVersion,
     phase: TransactionPhase,
     tx: &TransactionContext<'_>,
 ) -> (&'static str, Value) {

@@ -10,17 +10,18 @@ use std::{io::Write, path::Path, time::Duration};
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
+use ocpp::{Frame, OcppVersion};
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    answers::{self, Answer, Configuration, FollowUp, Trigger},
+    answers::{self, Configuration, FollowUp, Trigger},
     behaviour::{Behaviour, Outgoing, Scenario},
     connect::{Connector, Socket},
-    frames::{self, Incoming},
+    frames,
     payloads::{self, Identity},
-    version::Version,
+    version,
 };
 
 /// What the session does.
@@ -29,7 +30,7 @@ pub struct SessionOptions {
     /// The charge point id.
     pub id: String,
     /// Its OCPP version.
-    pub version: Version,
+    pub version: OcppVersion,
     /// CALLs to send instead of the built-in charging session.
     pub script: Option<Vec<(String, Value)>>,
     /// Keep the connection after the script, answering commands.
@@ -85,24 +86,7 @@ pub async fn run(
     options: &SessionOptions,
     out: &mut (impl Write + Send),
 ) -> anyhow::Result<SessionReport> {
-    let mut session = Session {
-        options,
-        out,
-        report: SessionReport::default(),
-        next_id: 0,
-        configuration: Configuration::new(options.version, 1),
-        behaviour: Behaviour::new(
-            options.version,
-            Scenario::Charging,
-            1,
-            options.meter_values,
-            &options.id,
-            "SIMTAG01".into(),
-        ),
-        heartbeat: Duration::from_secs(300),
-        deferred: Vec::new(),
-        reboot_requested: false,
-    };
+    let mut session = Session::new(options, out);
     let mut socket = session.open(connector).await?;
     session.boot(&mut socket).await?;
     match &options.script {
@@ -142,12 +126,44 @@ enum Waited {
     FollowUp(FollowUp),
 }
 
-impl<W: Write + Send> Session<'_, W> {
+/// What one received frame means to the session.
+enum Received {
+    /// The answer to the CALL being waited for: its payload, or none after a CALLERROR.
+    Answer(Option<Value>),
+    /// A CALL of the central system's: the answer to send, and what the CALL asks for once
+    /// it is answered.
+    Call(String, Option<FollowUp>),
+    /// Nothing to do (what was wrong with it, if anything, is printed).
+    Nothing,
+}
+
+impl<'a, W: Write + Send> Session<'a, W> {
+    fn new(options: &'a SessionOptions, out: &'a mut W) -> Self {
+        Session {
+            options,
+            out,
+            report: SessionReport::default(),
+            next_id: 0,
+            configuration: Configuration::new(options.version, 1),
+            behaviour: Behaviour::new(
+                options.version,
+                Scenario::Charging,
+                1,
+                options.meter_values,
+                &options.id,
+                "SIMTAG01".into(),
+            ),
+            heartbeat: Duration::from_secs(300),
+            deferred: Vec::new(),
+            reboot_requested: false,
+        }
+    }
+
     async fn open(&mut self, connector: &Connector) -> anyhow::Result<Socket> {
         let url = connector.url_of(&self.options.id);
         self.print(&format!(
             "connecting to {url} as OCPP {}",
-            self.options.version
+            version::number(self.options.version)
         ));
         let socket = connector
             .connect(&self.options.id, self.options.version, 0)
@@ -295,51 +311,98 @@ impl<W: Write + Send> Session<'_, W> {
                 None => anyhow::bail!("the connection ended"),
             };
             self.print(&format!("< {text}"));
-            match frames::parse(&text) {
-                Err(error) => self.print(&format!("! {error}")),
-                Ok(Incoming::Result { id, payload }) => {
-                    if waiting.is_some_and(|(pending, _)| pending == id) {
-                        self.report.answered += 1;
-                        return Ok(Waited::Answer(Some(payload)));
-                    }
-                    self.print("! an answer to no pending CALL");
-                }
-                Ok(Incoming::Error {
-                    id,
-                    code,
-                    description,
-                }) => {
-                    if waiting.is_some_and(|(pending, _)| pending == id) {
-                        self.report.failed += 1;
-                        self.print(&format!("! CALLERROR {code}: {description}"));
-                        return Ok(Waited::Answer(None));
-                    }
-                    self.print("! an error for no pending CALL");
-                }
-                Ok(Incoming::Call {
-                    id,
-                    action,
-                    payload,
-                }) => {
-                    let (answer, follow_up) = answers::answer(
-                        self.options.version,
-                        &action,
-                        &payload,
-                        &mut self.configuration,
-                    );
-                    let frame = match answer {
-                        Answer::Result(payload) => frames::result(&id, &payload),
-                        Answer::Error(code, description) => frames::error(&id, code, &description),
-                    };
-                    self.print(&format!("> {frame}"));
+            match self.take_in(&text, waiting.map(|(pending, _)| pending)) {
+                Received::Answer(answer) => return Ok(Waited::Answer(answer)),
+                Received::Nothing => {}
+                Received::Call(reply, follow_up) => {
+                    self.print(&format!("> {reply}"));
                     socket
-                        .send(Message::text(frame))
+                        .send(Message::text(reply))
                         .await
                         .context("send failed")?;
                     if let Some(follow_up) = follow_up {
                         return Ok(Waited::FollowUp(follow_up));
                     }
                 }
+            }
+        }
+    }
+
+    /// Takes in one text frame while the CALL with id `waiting`, if any, waits for its answer.
+    fn take_in(&mut self, text: &str, waiting: Option<&str>) -> Received {
+        let frame = match Frame::decode(text, self.options.version) {
+            Ok(frame) => frame,
+            Err(error) => {
+                self.print_malformed(&error);
+                return Received::Nothing;
+            }
+        };
+        match frame {
+            Frame::CallResult {
+                message_id,
+                payload,
+            } => {
+                if waiting != Some(message_id.as_str()) {
+                    self.print("! an answer to no pending CALL");
+                    return Received::Nothing;
+                }
+                match frames::payload(&payload) {
+                    Ok(payload) => {
+                        self.report.answered += 1;
+                        Received::Answer(Some(payload))
+                    }
+                    Err(error) => {
+                        self.print_malformed(&error);
+                        Received::Nothing
+                    }
+                }
+            }
+            Frame::CallError(error) => {
+                if waiting != Some(error.message_id.as_str()) {
+                    self.print("! an error for no pending CALL");
+                    return Received::Nothing;
+                }
+                self.report.failed += 1;
+                self.print(&format!(
+                    "! CALLERROR {}: {}",
+                    error.error_code, error.description
+                ));
+                Received::Answer(None)
+            }
+            // 2.1: the central system could not use our answer to its CALL. That CALL is
+            // over, so nothing of ours failed, but it is a problem to show.
+            Frame::CallResultError(error) => {
+                self.print(&format!(
+                    "! CALLRESULTERROR for our answer to {}: {}: {}",
+                    error.message_id, error.error_code, error.description
+                ));
+                Received::Nothing
+            }
+            // 2.1: a SEND expects no answer, and no SEND asks a charge point to do anything
+            // the simulator models. The frame is printed already.
+            Frame::Send { .. } => Received::Nothing,
+            Frame::Call {
+                message_id,
+                action,
+                payload,
+            } => {
+                let payload = match frames::payload(&payload) {
+                    Ok(payload) => payload,
+                    Err(error) => {
+                        self.print_malformed(&error);
+                        return Received::Nothing;
+                    }
+                };
+                let (answer, follow_up) = answers::answer(
+                    self.options.version,
+                    &action,
+                    &payload,
+                    &mut self.configuration,
+                );
+                Received::Call(
+                    frames::answer(&message_id, &answer, self.options.version),
+                    follow_up,
+                )
             }
         }
     }
@@ -382,8 +445,75 @@ impl<W: Write + Send> Session<'_, W> {
         }
     }
 
+    fn print_malformed(&mut self, error: &dyn std::fmt::Display) {
+        self.print(&format!(
+            "! malformed frame from the central system: {error}"
+        ));
+    }
+
     fn print(&mut self, line: &str) {
         let _ = writeln!(self.out, "{line}");
         let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(version: OcppVersion) -> SessionOptions {
+        SessionOptions {
+            id: "CP-1".into(),
+            version,
+            script: None,
+            stay: false,
+            call_timeout: Duration::from_secs(30),
+            meter_values: 1,
+            identity: Identity::default(),
+        }
+    }
+
+    #[test]
+    fn types_5_and_6_are_shown_but_neither_malformed_nor_the_answer() {
+        let options = options(OcppVersion::V21);
+        let mut out = Vec::new();
+        let mut session = Session::new(&options, &mut out);
+        let taken = session.take_in(r#"[5,"42","FormatViolation","bad answer",{}]"#, Some("1"));
+        assert!(matches!(taken, Received::Nothing));
+        let taken = session.take_in(r#"[6,"43","NotifyPeriodicEventStream",{}]"#, Some("1"));
+        assert!(matches!(taken, Received::Nothing));
+        let taken = session.take_in(r#"[3,"1",{"status":"Accepted"}]"#, Some("1"));
+        assert!(
+            matches!(taken, Received::Answer(Some(ref payload)) if payload["status"] == "Accepted")
+        );
+        let report = session.report;
+        let printed = String::from_utf8(out).unwrap();
+        assert_eq!(
+            printed,
+            "! CALLRESULTERROR for our answer to 42: FormatViolation: bad answer\n"
+        );
+        assert_eq!((report.answered, report.failed), (1, 0));
+    }
+
+    #[test]
+    fn a_call_error_fails_the_call_and_garbage_is_malformed() {
+        let options = options(OcppVersion::V16);
+        let mut out = Vec::new();
+        let mut session = Session::new(&options, &mut out);
+        let taken = session.take_in(r#"[5,"42","FormatViolation","",{}]"#, Some("1"));
+        assert!(matches!(taken, Received::Nothing));
+        let taken = session.take_in(r#"[4,"1","NotSupported","no",{}]"#, Some("1"));
+        assert!(matches!(taken, Received::Answer(None)));
+        let report = session.report;
+        let printed = String::from_utf8(out).unwrap();
+        assert!(
+            printed.starts_with("! malformed frame from the central system: message type 5"),
+            "{printed}"
+        );
+        assert!(
+            printed.ends_with("! CALLERROR NotSupported: no\n"),
+            "{printed}"
+        );
+        assert_eq!(report.failed, 1);
     }
 }

@@ -1,59 +1,30 @@
-//! OCPP versions the simulator speaks, and the mix of them in a load.
+//! How the simulator writes and reads OCPP versions for people, and the mix of them in a
+//! load.
 
 use std::{fmt, str::FromStr};
 
-/// An OCPP-J version, chosen by WebSocket subprotocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Version {
-    /// OCPP 1.6 (`ocpp1.6`).
-    V16,
-    /// OCPP 2.0.1 (`ocpp2.0.1`).
-    V201,
-    /// OCPP 2.1 (`ocpp2.1`).
-    V21,
-}
+use ocpp::OcppVersion;
 
-impl Version {
-    /// Every version, oldest first.
-    pub const ALL: [Version; 3] = [Version::V16, Version::V201, Version::V21];
-
-    /// The WebSocket subprotocol that selects this version.
-    pub fn subprotocol(self) -> &'static str {
-        match self {
-            Version::V16 => "ocpp1.6",
-            Version::V201 => "ocpp2.0.1",
-            Version::V21 => "ocpp2.1",
-        }
-    }
-
-    /// Whether this is a 2.x version (device model, transaction events).
-    pub fn is_2x(self) -> bool {
-        !matches!(self, Version::V16)
+/// The version as people write it on the command line and read it in summaries: `1.6`,
+/// `2.0.1` or `2.1` (the subprotocol without its `ocpp` prefix).
+pub fn number(version: OcppVersion) -> &'static str {
+    match version {
+        OcppVersion::V16 => "1.6",
+        OcppVersion::V201 => "2.0.1",
+        OcppVersion::V21 => "2.1",
     }
 }
 
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Version::V16 => "1.6",
-            Version::V201 => "2.0.1",
-            Version::V21 => "2.1",
-        })
-    }
-}
-
-impl FromStr for Version {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.trim().trim_start_matches("ocpp") {
-            "1.6" | "16" => Ok(Version::V16),
-            "2.0.1" | "201" => Ok(Version::V201),
-            "2.1" | "21" => Ok(Version::V21),
-            other => Err(format!(
-                "unknown OCPP version {other:?}; use 1.6, 2.0.1 or 2.1"
-            )),
-        }
+/// Reads a version from the command line: `1.6`, `2.0.1` or `2.1`, also without dots
+/// (`16`, `201`, `21`) or with the subprotocol's `ocpp` prefix (`ocpp1.6`).
+pub fn parse(text: &str) -> Result<OcppVersion, String> {
+    match text.trim().trim_start_matches("ocpp") {
+        "1.6" | "16" => Ok(OcppVersion::V16),
+        "2.0.1" | "201" => Ok(OcppVersion::V201),
+        "2.1" | "21" => Ok(OcppVersion::V21),
+        other => Err(format!(
+            "unknown OCPP version {other:?}; use 1.6, 2.0.1 or 2.1"
+        )),
     }
 }
 
@@ -62,21 +33,22 @@ impl FromStr for Version {
 /// Written `1.6=50,2.0.1=30,2.1=20`; a version alone (`2.0.1`) means all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionMix {
-    weights: Vec<(Version, u32)>,
+    weights: Vec<(OcppVersion, u32)>,
     /// One cycle of the deal, `sum(weights)` long (after dividing by their gcd).
-    cycle: Vec<Version>,
+    cycle: Vec<OcppVersion>,
 }
 
 /// The longest deal cycle; weights are percentages or small ratios in practice.
 const MAX_CYCLE: u32 = 10_000;
 
 impl VersionMix {
-    fn new(weights: Vec<(Version, u32)>) -> Result<Self, String> {
+    fn new(weights: Vec<(OcppVersion, u32)>) -> Result<Self, String> {
         let divisor = weights.iter().fold(0, |acc, (_, w)| gcd(acc, *w));
         if divisor == 0 {
             return Err("the version mix needs at least one version with a weight above 0".into());
         }
-        let reduced: Vec<(Version, u32)> = weights.iter().map(|(v, w)| (*v, w / divisor)).collect();
+        let reduced: Vec<(OcppVersion, u32)> =
+            weights.iter().map(|(v, w)| (*v, w / divisor)).collect();
         let sum: u32 = reduced.iter().map(|(_, w)| w).sum();
         if sum > MAX_CYCLE {
             return Err(format!(
@@ -103,12 +75,12 @@ impl VersionMix {
     }
 
     /// The version of charge point number `index` (0-based).
-    pub fn version_of(&self, index: usize) -> Version {
+    pub fn version_of(&self, index: usize) -> OcppVersion {
         self.cycle[index % self.cycle.len()]
     }
 
     /// The versions with a weight above zero.
-    pub fn versions(&self) -> impl Iterator<Item = Version> + '_ {
+    pub fn versions(&self) -> impl Iterator<Item = OcppVersion> + '_ {
         self.weights.iter().filter(|(_, w)| *w > 0).map(|(v, _)| *v)
     }
 }
@@ -123,7 +95,7 @@ fn gcd(a: u32, b: u32) -> u32 {
 
 impl Default for VersionMix {
     fn default() -> Self {
-        VersionMix::new(vec![(Version::V16, 1)]).expect("a single version is a valid mix")
+        VersionMix::new(vec![(OcppVersion::V16, 1)]).expect("a single version is a valid mix")
     }
 }
 
@@ -135,15 +107,18 @@ impl FromStr for VersionMix {
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (version, weight) = match part.split_once('=') {
                 Some((version, weight)) => (
-                    version.parse::<Version>()?,
+                    parse(version)?,
                     weight.trim().parse::<u32>().map_err(|_| {
                         format!("weight {weight:?} in {part:?} is not a whole number")
                     })?,
                 ),
-                None => (part.parse::<Version>()?, 1),
+                None => (parse(part)?, 1),
             };
             if weights.iter().any(|(v, _)| *v == version) {
-                return Err(format!("version {version} appears twice in the mix"));
+                return Err(format!(
+                    "version {} appears twice in the mix",
+                    number(version)
+                ));
             }
             weights.push((version, weight));
         }
@@ -156,7 +131,7 @@ impl fmt::Display for VersionMix {
         let parts: Vec<String> = self
             .weights
             .iter()
-            .map(|(v, w)| format!("{v}={w}"))
+            .map(|(v, w)| format!("{}={w}", number(*v)))
             .collect();
         f.write_str(&parts.join(","))
     }
@@ -168,8 +143,9 @@ mod tests {
 
     #[test]
     fn parses_versions_and_mixes() {
-        assert_eq!("ocpp2.0.1".parse::<Version>(), Ok(Version::V201));
-        assert!("3.0".parse::<Version>().is_err());
+        assert_eq!(parse("ocpp2.0.1"), Ok(OcppVersion::V201));
+        assert_eq!(parse(" 21 "), Ok(OcppVersion::V21));
+        assert!(parse("3.0").is_err());
         let mix: VersionMix = "1.6=2,2.1=1".parse().unwrap();
         assert_eq!(mix.to_string(), "1.6=2,2.1=1");
         assert!("1.6=x".parse::<VersionMix>().is_err());
@@ -184,9 +160,9 @@ mod tests {
         for i in 0..100 {
             *counts.entry(mix.version_of(i)).or_insert(0) += 1;
         }
-        assert_eq!(counts[&Version::V16], 50);
-        assert_eq!(counts[&Version::V201], 30);
-        assert_eq!(counts[&Version::V21], 20);
+        assert_eq!(counts[&OcppVersion::V16], 50);
+        assert_eq!(counts[&OcppVersion::V201], 30);
+        assert_eq!(counts[&OcppVersion::V21], 20);
         // The first ten already contain every version.
         let first: std::collections::HashSet<_> = (0..10).map(|i| mix.version_of(i)).collect();
         assert_eq!(first.len(), 3);

@@ -12,8 +12,9 @@ use charge_point_simulator::{
     load::{self, LoadOptions, Summary},
     payloads::Identity,
     session::{self, SessionOptions},
-    version::Version,
+    version,
 };
+use ocpp::OcppVersion;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -322,9 +323,9 @@ async fn charge_points_connect_from_the_given_source_addresses() {
 #[tokio::test]
 async fn the_scripted_session_runs_a_whole_charging_session_in_every_version() {
     let gateway = TestGateway::start().await;
-    for version in Version::ALL {
+    for version in OcppVersion::ALL {
         let options = SessionOptions {
-            id: format!("S-{version}"),
+            id: format!("S-{}", version::number(version)),
             version,
             script: None,
             stay: false,
@@ -341,7 +342,7 @@ async fn the_scripted_session_runs_a_whole_charging_session_in_every_version() {
         assert_eq!(report.sent, report.answered);
         // Boot, status, heartbeat, plug, authorize, start, two meter values, stop, unplug.
         assert!(report.sent >= 10, "{printed}");
-        let stop = if version == Version::V16 {
+        let stop = if version == OcppVersion::V16 {
             "StopTransaction"
         } else {
             "\"Ended\""
@@ -363,7 +364,7 @@ async fn a_script_file_replaces_the_charging_session() {
     .unwrap();
     let options = SessionOptions {
         id: "S-SCRIPT".into(),
-        version: Version::V16,
+        version: OcppVersion::V16,
         script: Some(session::read_script(&script).expect("script parses")),
         stay: false,
         call_timeout: STEP,

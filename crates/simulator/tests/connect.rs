@@ -4,11 +4,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use charge_point_simulator::{
-    connect::{ConnectError, Connector, TlsOptions},
-    version::Version,
-};
+use charge_point_simulator::connect::{ConnectError, Connector, TlsOptions};
 use futures_util::StreamExt;
+use ocpp::OcppVersion;
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_tungstenite::tungstenite::{
     handshake::server::{Request, Response},
@@ -79,7 +77,7 @@ async fn basic_auth_carries_the_id_and_the_password_with_its_id_filled_in() {
         accept_one(stream, true).await.unwrap()
     });
     let socket = connector
-        .connect("CP-7", Version::V201, 0)
+        .connect("CP-7", OcppVersion::V201, 0)
         .await
         .expect("the upgrade succeeds");
     let (authorization, path) = accepted.await.unwrap();
@@ -102,7 +100,7 @@ async fn a_server_that_picks_another_subprotocol_is_refused() {
         accept_one(stream, false).await
     });
     let error = connector
-        .connect("CP-1", Version::V16, 0)
+        .connect("CP-1", OcppVersion::V16, 0)
         .await
         .expect_err("a different subprotocol is an error");
     assert!(
@@ -162,7 +160,7 @@ async fn wss_trusts_a_private_ca_given_with_ca_file() {
     )
     .unwrap();
     let socket = trusted
-        .connect("CP-TLS", Version::V21, 0)
+        .connect("CP-TLS", OcppVersion::V21, 0)
         .await
         .expect("the private CA is trusted");
     let (_, path) = tokio::time::timeout(STEP, server).await.unwrap().unwrap();
@@ -203,7 +201,7 @@ async fn an_unreachable_server_is_counted_as_refused() {
     )
     .unwrap();
     let error = connector
-        .connect("CP-1", Version::V16, 0)
+        .connect("CP-1", OcppVersion::V16, 0)
         .await
         .expect_err("refused");
     assert_eq!(error.kind(), "connect_refused");
