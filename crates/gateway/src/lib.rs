@@ -4,8 +4,6 @@
 //!
 //! The binary is a thin shell over [`Gateway`]: [`Gateway::bind`] then [`Gateway::run`].
 
-#![warn(missing_docs)]
-
 pub mod admin;
 pub mod backend;
 pub mod cli;

@@ -5,8 +5,6 @@
 //! Without it the crate neither compiles jsonschema nor embeds the schemas, for users that
 //! only encode and decode frames.
 
-#![warn(missing_docs)]
-
 pub mod catalogue;
 mod error_code;
 pub mod frame;

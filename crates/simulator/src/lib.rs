@@ -5,8 +5,6 @@
 //! a scripted session and prints every frame, for trying a central system by hand. Both
 //! answer the central system's commands the way a well-behaved charge point would.
 
-#![warn(missing_docs)]
-
 pub mod answers;
 pub mod behaviour;
 pub mod charge_point;

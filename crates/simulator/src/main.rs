@@ -1,3 +1,5 @@
+//! The simulator binary: parses the command line and runs `load` or `session`.
+
 use std::{io::Write, process::ExitCode};
 
 use anyhow::Context;

@@ -2,9 +2,8 @@
 //! frame against the OCA schemas, so a run without CALLERRORs shows that what the simulator
 //! says is valid OCPP in every version, and a `completed` command that its answers are too.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use charge_point_gateway::{config::EventOutput, Config, Gateway, Shared};
 use charge_point_simulator::{
     behaviour::{Rate, Scenario},
     charge_point::{Backoff, Profile},
@@ -16,50 +15,31 @@ use charge_point_simulator::{
 };
 use ocpp::OcppVersion;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 /// Bound on every wait.
 const STEP: Duration = Duration::from_secs(10);
 
+/// The gateway of the shared test harness, with what these tests ask of it.
 struct TestGateway {
+    gateway: gateway_testkit::TestGateway,
     url: String,
-    admin: String,
-    shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    http: reqwest::Client,
 }
 
 impl TestGateway {
     async fn start() -> TestGateway {
-        let mut config = Config::default();
-        config.listener.address = "127.0.0.1:0".parse().unwrap();
-        config.admin.address = "127.0.0.1:0".parse().unwrap();
-        config.metrics.address = "127.0.0.1:0".parse().unwrap();
-        config.events.output = EventOutput::None;
-        config.shutdown.drain_time = Duration::from_millis(100);
-        config.validate().expect("test config is valid");
-        let gateway = Gateway::bind(config).await.expect("gateway binds");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let url = format!("ws://{}/ocpp", gateway.ocpp_address());
-        let admin = format!("http://{}", gateway.admin_address());
-        let shared = gateway.shared();
-        tokio::spawn(gateway.run(async move {
-            let _ = stopped.await;
-        }));
-        TestGateway {
-            url,
-            admin,
-            shared,
-            stop: Some(stop),
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        }
+        let gateway = gateway_testkit::TestGateway::start_with(|config| {
+            config.shutdown.drain_time = Duration::from_millis(100);
+        })
+        .await;
+        let url = format!("ws://{}/ocpp", gateway.ocpp);
+        TestGateway { gateway, url }
     }
 
     /// Waits until `count` charge points are connected (the registry is the gateway's own
     /// record of them).
     async fn wait_connected(&self, count: usize) {
         tokio::time::timeout(STEP, async {
-            while self.shared.registry.len() < count {
+            while self.gateway.probe.connections() < count {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -68,34 +48,16 @@ impl TestGateway {
     }
 
     async fn command(&self, id: &str, action: &str, payload: Value) -> Value {
-        self.http
-            .post(format!("{}/api/v1/charge-points/{id}/commands", self.admin))
-            .json(&json!({ "action": action, "payload": payload, "timeoutSeconds": 5 }))
-            .send()
-            .await
-            .expect("admin API answers")
-            .json()
-            .await
-            .expect("JSON body")
+        let body = json!({ "action": action, "payload": payload, "timeoutSeconds": 5 });
+        let path = format!("/api/v1/charge-points/{id}/commands");
+        self.gateway.post(&path, body).await.1
     }
 
     async fn connection(&self, id: &str) -> Value {
-        self.http
-            .get(format!("{}/api/v1/connections/{id}", self.admin))
-            .send()
+        self.gateway
+            .get(&format!("/api/v1/connections/{id}"))
             .await
-            .expect("admin API answers")
-            .json()
-            .await
-            .expect("JSON body")
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+            .1
     }
 }
 

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 /// A running broker, killed on drop.
 pub struct Broker {
+    /// `host:port` of the broker.
     pub address: String,
     child: Child,
 }
@@ -26,10 +27,15 @@ pub struct Broker {
 /// One record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// The partition.
     pub partition: i32,
+    /// The offset.
     pub offset: i64,
+    /// The key.
     pub key: Option<String>,
+    /// The headers.
     pub headers: HashMap<String, String>,
+    /// The value, parsed as JSON.
     pub value: Value,
 }
 
@@ -108,6 +114,7 @@ impl Broker {
         signal(self.child.id(), "-CONT");
     }
 
+    /// A producer for this broker.
     pub fn producer(&self) -> FutureProducer {
         ClientConfig::new()
             .set("bootstrap.servers", &self.address)

@@ -28,16 +28,23 @@ use tokio_tungstenite::{
 /// Bound on every single wait in a test.
 pub const STEP: Duration = Duration::from_secs(5);
 
+/// A gateway running in this process on 127.0.0.1:0, stopped when dropped.
 pub struct TestGateway {
+    /// The OCPP listener.
     pub ocpp: SocketAddr,
+    /// The admin API.
     pub admin: SocketAddr,
+    /// The metrics listener, when metrics are on.
     pub metrics: Option<SocketAddr>,
+    /// The running gateway's own view (connections, metric names, the Kafka bus).
     pub probe: Probe,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     http: reqwest::Client,
 }
 
+/// The configuration every test starts from: every listener on 127.0.0.1:0, no event
+/// output, a short drain.
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.listener.address = "127.0.0.1:0".parse().unwrap();
@@ -50,10 +57,12 @@ pub fn test_config() -> Config {
 }
 
 impl TestGateway {
+    /// Starts a gateway with [`test_config`].
     pub async fn start() -> TestGateway {
         Self::start_with(|_| {}).await
     }
 
+    /// Starts a gateway with [`test_config`] changed by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestGateway {
         init_test_logging();
         let mut config = test_config();
@@ -62,6 +71,7 @@ impl TestGateway {
         Self::launch(Gateway::bind(config).await.expect("gateway binds")).await
     }
 
+    /// Starts a gateway whose events go to `sink` instead of the configured output.
     pub async fn start_with_sink(
         adjust: impl FnOnce(&mut Config),
         sink: Arc<dyn EventSink>,
@@ -109,6 +119,7 @@ impl TestGateway {
         }
     }
 
+    /// The WebSocket URL of charge point `id`.
     pub fn url(&self, id: &str) -> String {
         format!("ws://{}/ocpp/{}", self.ocpp, id)
     }
@@ -147,6 +158,7 @@ impl TestGateway {
         connect_url(&self.url(id), protocols).await
     }
 
+    /// `GET` on the admin API: the status and the JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
@@ -157,6 +169,7 @@ impl TestGateway {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    /// `DELETE` on the admin API: the status and the JSON body.
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
@@ -167,6 +180,7 @@ impl TestGateway {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    /// `POST` of `body` on the admin API: the status and the JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
@@ -277,6 +291,8 @@ pub fn init_test_logging() {
     }
 }
 
+/// Connects to `url` offering `protocols`: the client and the negotiated subprotocol,
+/// or the status of a refused handshake.
 pub async fn connect_url(
     url: &str,
     protocols: &[&str],
@@ -304,17 +320,21 @@ pub async fn connect_url(
 
 /// A charge point: a plain WebSocket client speaking raw OCPP-J frames.
 pub struct Cp {
+    /// The WebSocket.
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 /// What the client read next.
 #[derive(Debug)]
 pub enum Received {
+    /// A text frame, parsed.
     Frame(Value),
+    /// The connection closed (with the close frame, if any).
     Closed(Option<CloseFrame>),
 }
 
 impl Cp {
+    /// Sends a text frame as it is.
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws
             .send(Message::text(text.into()))
@@ -322,6 +342,7 @@ impl Cp {
             .expect("send");
     }
 
+    /// Sends `frame` as a text frame.
     pub async fn send_json(&mut self, frame: Value) {
         self.send_text(frame.to_string()).await;
     }
@@ -345,6 +366,7 @@ impl Cp {
         }
     }
 
+    /// The next text frame; panics on a close or after [`STEP`].
     pub async fn frame(&mut self) -> Value {
         match self.receive().await {
             Received::Frame(frame) => frame,
@@ -372,6 +394,7 @@ impl Cp {
     }
 }
 
+/// A valid BootNotification request for subprotocol `version`.
 pub fn boot_payload(version: &str) -> Value {
     match version {
         "ocpp1.6" => json!({"chargePointVendor": "Acme", "chargePointModel": "One"}),
@@ -385,10 +408,12 @@ pub fn boot_payload(version: &str) -> Value {
 pub struct GateSink {
     open: watch::Sender<bool>,
     fail: std::sync::atomic::AtomicBool,
+    /// Events submitted so far.
     pub submitted: std::sync::atomic::AtomicUsize,
 }
 
 impl GateSink {
+    /// A sink that starts open (acknowledging) or closed (holding acknowledgements).
     pub fn new(open: bool) -> Arc<GateSink> {
         Arc::new(GateSink {
             open: watch::Sender::new(open),
@@ -397,10 +422,12 @@ impl GateSink {
         })
     }
 
+    /// Opens (acknowledging everything held) or closes the gate.
     pub fn set_open(&self, open: bool) {
         self.open.send_replace(open);
     }
 
+    /// Makes every submission fail, or succeed again.
     pub fn set_failing(&self, fail: bool) {
         self.fail.store(fail, std::sync::atomic::Ordering::SeqCst);
     }

@@ -187,10 +187,7 @@ async fn a_full_inbound_queue_stops_reading_until_calls_are_answered() {
     // Answering lets everything through, in order, with nothing lost.
     h.handler.answers.add_permits(100);
     let (mut sink, mut stream) = h.client.split();
-    let writer = tokio::spawn(async move {
-        sink.send_all(&mut sending).await.unwrap();
-        sink
-    });
+    let writer = tokio::spawn(async move { sink.send_all(&mut sending).await.unwrap() });
     for i in 0..100 {
         let answer = loop {
             match stream.next().await.expect("open").expect("frame") {
