@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::Parser;
 use serde_json::{json, Map, Value};
 
-use crate::config::{EventOutput, LogFormat};
+use crate::{sink::config::EventOutput, telemetry::LogFormat};
 
 /// OCPP gateway between EV charge points (OCPP-J 1.6 / 2.0.1 / 2.1 over WebSocket) and a
 /// CSMS backend. Every option can also be set in a TOML file or with `CPGW_` variables;

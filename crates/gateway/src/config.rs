@@ -17,6 +17,7 @@ pub use crate::backend::config::{BackendConfig, ReplyFallback};
 pub use crate::kafka::config::{KafkaConfig, TopicsConfig};
 pub use crate::session::SessionConfig;
 pub use crate::sink::config::{EventOutput, EventsConfig, Fsync};
+pub use crate::telemetry::config::{LogConfig, LogFormat};
 
 /// The configuration's top-level keys. `CPGW_` variables outside them (such as the
 /// `CPGW_SERVICE_HOST` Kubernetes derives from a service named `cpgw`) are ignored;
@@ -176,28 +177,6 @@ pub struct ShutdownConfig {
     pub drain_time: Duration,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable on a terminal, JSON otherwise.
-    Auto,
-    /// One JSON object per line.
-    Json,
-    /// Human-readable text.
-    Text,
-}
-
-/// Logging.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// Output format.
-    pub format: LogFormat,
-    /// Filter directives, e.g. `info` or `info,charge_point_gateway::session=debug`.
-    pub level: String,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -269,15 +248,6 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_time: Duration::from_secs(10),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Auto,
-            level: "info".to_owned(),
         }
     }
 }

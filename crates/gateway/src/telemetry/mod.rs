@@ -2,6 +2,7 @@
 //! always on stderr (stdout carries events in the embedded mode); OpenTelemetry traces
 //! when the standard `OTEL_*` environment asks for them.
 
+pub mod config;
 pub mod debug_trace;
 pub mod limit;
 pub mod traces;
@@ -12,7 +13,7 @@ use parking_lot::Mutex;
 
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
 
-use crate::config::{LogConfig, LogFormat};
+pub use self::config::{LogConfig, LogFormat};
 
 /// Replaces the log filter of the running process.
 type Reload = Box<dyn Fn(EnvFilter) -> Result<(), reload::Error> + Send + Sync>;
