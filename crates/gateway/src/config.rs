@@ -15,6 +15,7 @@ use crate::{cli::Cli, config_check::InvalidOption};
 
 pub use crate::backend::config::{BackendConfig, ReplyFallback};
 pub use crate::kafka::config::{KafkaConfig, TopicsConfig};
+pub use crate::responder::{AuthorizePolicy, ResponderConfig};
 pub use crate::session::SessionConfig;
 pub use crate::sink::config::{EventOutput, EventsConfig, Fsync};
 pub use crate::telemetry::config::{LogConfig, LogFormat};
@@ -99,29 +100,6 @@ pub struct ListenerConfig {
 pub struct ValidationConfig {
     /// Accept `date-time` values without a time zone, read as UTC.
     pub accept_timestamps_without_zone: bool,
-}
-
-/// How the local responder answers Authorize (and idTag checks in transactions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthorizePolicy {
-    /// Every idTag / idToken is accepted.
-    AcceptAll,
-    /// Only tokens in `responder.allowed_id_tags` are accepted; others are `Invalid`.
-    AllowList,
-}
-
-/// The local responder.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ResponderConfig {
-    /// Heartbeat interval given in BootNotification responses.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    /// Authorize policy.
-    pub authorize: AuthorizePolicy,
-    /// Accepted tokens when `authorize = "allow_list"`.
-    pub allowed_id_tags: Vec<String>,
 }
 
 /// The admin HTTP API.
@@ -219,16 +197,6 @@ impl Default for ValidationConfig {
     fn default() -> Self {
         Self {
             accept_timestamps_without_zone: true,
-        }
-    }
-}
-
-impl Default for ResponderConfig {
-    fn default() -> Self {
-        Self {
-            heartbeat_interval: Duration::from_secs(300),
-            authorize: AuthorizePolicy::AcceptAll,
-            allowed_id_tags: Vec::new(),
         }
     }
 }

@@ -8,13 +8,46 @@
 use std::{
     collections::HashSet,
     sync::atomic::{AtomicI32, Ordering},
+    time::Duration,
 };
 
 use chrono::{SecondsFormat, Utc};
 use ocpp::{ErrorCode, OcppVersion};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{AuthorizePolicy, ResponderConfig};
+/// How the local responder answers Authorize (and idTag checks in transactions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizePolicy {
+    /// Every idTag / idToken is accepted.
+    AcceptAll,
+    /// Only tokens in `responder.allowed_id_tags` are accepted; others are `Invalid`.
+    AllowList,
+}
+
+/// The local responder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponderConfig {
+    /// Heartbeat interval given in BootNotification responses.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Authorize policy.
+    pub authorize: AuthorizePolicy,
+    /// Accepted tokens when `authorize = "allow_list"`.
+    pub allowed_id_tags: Vec<String>,
+}
+
+impl Default for ResponderConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(300),
+            authorize: AuthorizePolicy::AcceptAll,
+            allowed_id_tags: Vec::new(),
+        }
+    }
+}
 
 /// Answers charge-point-initiated CALLs from configuration alone.
 pub struct LocalResponder {
