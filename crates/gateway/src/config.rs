@@ -2,19 +2,21 @@
 //! command-line flags, each layer overriding the one before. Every option is documented
 //! in `docs/configuration.md`; a bad value stops the program at start, naming the option.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use figment::{
     providers::{Env, Format, Serialized, Toml},
     Figment,
 };
-use ocpp::OcppVersion;
 use serde::{Deserialize, Serialize};
 
 use crate::{cli::Cli, config_check::InvalidOption};
 
+pub use crate::admin::config::AdminConfig;
 pub use crate::backend::config::{BackendConfig, ReplyFallback};
 pub use crate::kafka::config::{KafkaConfig, TopicsConfig};
+pub use crate::listener::config::ListenerConfig;
+pub use crate::metrics::config::MetricsConfig;
 pub use crate::responder::{AuthorizePolicy, ResponderConfig};
 pub use crate::session::SessionConfig;
 pub use crate::sink::config::{EventOutput, EventsConfig, Fsync};
@@ -68,30 +70,13 @@ pub struct Config {
     pub backend: BackendConfig,
 }
 
-/// The OCPP WebSocket listener.
+/// Graceful shutdown.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// Address to listen on for charge points.
-    pub address: SocketAddr,
-    /// URL path prefix; charge points connect to `{path_prefix}/{chargePointId}`.
-    pub path_prefix: String,
-    /// Supported OCPP versions, most preferred first.
-    pub subprotocols: Vec<OcppVersion>,
-    /// Version assumed when a charge point offers no subprotocol (`"none"` to refuse).
-    #[serde(with = "optional_version")]
-    pub fallback_subprotocol: Option<OcppVersion>,
-    /// Largest accepted WebSocket message, in bytes; larger ones close with 1009.
-    pub max_message_size: usize,
-    /// WebSocket read buffer per connection, in bytes.
-    pub read_buffer_size: usize,
-    /// Time a client has to complete the TCP-to-WebSocket handshake.
+pub struct ShutdownConfig {
+    /// Time over which open connections are closed (1001), spread evenly.
     #[serde(with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    /// Longest accepted charge point id, in characters (after percent-decoding).
-    pub max_charge_point_id_length: usize,
-    /// Most concurrent charge point connections; further handshakes are refused with 503.
-    pub max_connections: usize,
+    pub drain_time: Duration,
 }
 
 /// Payload validation leniency.
@@ -100,59 +85,6 @@ pub struct ListenerConfig {
 pub struct ValidationConfig {
     /// Accept `date-time` values without a time zone, read as UTC.
     pub accept_timestamps_without_zone: bool,
-}
-
-/// The admin HTTP API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Address of `/livez`, `/readyz`, `/health` and `/api/v1/...`.
-    pub address: SocketAddr,
-    /// When set, `/api/v1/...` requires `Authorization: Bearer <token>` (health
-    /// endpoints stay open for probes).
-    pub api_token: Option<String>,
-    /// Most open connections; the last few places serve only health probes, further
-    /// connections are closed at once.
-    pub max_connections: usize,
-    /// Time a client has to send a request's head or body, and may stay idle between
-    /// requests, before its connection is closed.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-}
-
-/// The Prometheus metrics endpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Serve `GET /metrics`.
-    pub enabled: bool,
-    /// Address of the metrics listener.
-    pub address: SocketAddr,
-    /// Most open connections; further ones are closed at once.
-    pub max_connections: usize,
-    /// Time a scraper has to send a request, and may stay idle between requests.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            address: ([0, 0, 0, 0], 9090).into(),
-            max_connections: 32,
-            idle_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Graceful shutdown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// Time over which open connections are closed (1001), spread evenly.
-    #[serde(with = "humantime_serde")]
-    pub drain_time: Duration,
 }
 
 impl Default for Config {
@@ -177,37 +109,10 @@ impl Default for Config {
     }
 }
 
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        Self {
-            address: ([0, 0, 0, 0], 8080).into(),
-            path_prefix: "/ocpp".to_owned(),
-            subprotocols: OcppVersion::ALL.to_vec(),
-            fallback_subprotocol: Some(OcppVersion::V16),
-            max_message_size: 64 * 1024,
-            read_buffer_size: 4 * 1024,
-            handshake_timeout: Duration::from_secs(10),
-            max_charge_point_id_length: 48,
-            max_connections: 19_000,
-        }
-    }
-}
-
 impl Default for ValidationConfig {
     fn default() -> Self {
         Self {
             accept_timestamps_without_zone: true,
-        }
-    }
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self {
-            address: ([0, 0, 0, 0], 8081).into(),
-            api_token: None,
-            max_connections: 128,
-            idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -280,83 +185,18 @@ impl Config {
                 reason: reason.to_owned(),
             })
         };
-        let listener = &self.listener;
-        if !listener.path_prefix.starts_with('/')
-            || listener.path_prefix.ends_with('/') && listener.path_prefix.len() > 1
-        {
-            return invalid(
-                "listener.path_prefix",
-                "must start with `/` and not end with `/` (e.g. `/ocpp`)",
-            );
-        }
-        if listener.subprotocols.is_empty() {
-            return invalid(
-                "listener.subprotocols",
-                "must name at least one OCPP version",
-            );
-        }
-        let mut unique = listener.subprotocols.clone();
-        unique.sort();
-        unique.dedup();
-        if unique.len() != listener.subprotocols.len() {
-            return invalid("listener.subprotocols", "lists a version twice");
-        }
-        if let Some(fallback) = listener.fallback_subprotocol {
-            if !listener.subprotocols.contains(&fallback) {
-                return invalid(
-                    "listener.fallback_subprotocol",
-                    "must be one of listener.subprotocols (or \"none\")",
-                );
-            }
-        }
-        if !(256..=16 * 1024 * 1024).contains(&listener.max_message_size) {
-            return invalid(
-                "listener.max_message_size",
-                "must be between 256 and 16777216 bytes",
-            );
-        }
-        if !(1024..=1024 * 1024).contains(&listener.read_buffer_size) {
-            return invalid(
-                "listener.read_buffer_size",
-                "must be between 1024 and 1048576 bytes",
-            );
-        }
-        if listener.handshake_timeout.is_zero() {
-            return invalid("listener.handshake_timeout", "must be greater than zero");
-        }
-        if !(1..=1000).contains(&listener.max_charge_point_id_length) {
-            return invalid(
-                "listener.max_charge_point_id_length",
-                "must be between 1 and 1000",
-            );
-        }
-        if listener.max_connections == 0 {
-            return invalid("listener.max_connections", "must be at least 1");
-        }
+        self.listener.validate()?;
         self.session.validate()?;
         self.events.validate()?;
         self.kafka.validate()?;
         self.backend.validate()?;
-        if self.admin.max_connections < 8 {
-            return invalid("admin.max_connections", "must be at least 8");
-        }
-        if self.admin.idle_timeout.is_zero() {
-            return invalid("admin.idle_timeout", "must be greater than zero");
-        }
-        if self.metrics.max_connections == 0 {
-            return invalid("metrics.max_connections", "must be at least 1");
-        }
-        if self.metrics.idle_timeout.is_zero() {
-            return invalid("metrics.idle_timeout", "must be greater than zero");
-        }
+        self.admin.validate()?;
+        self.metrics.validate()?;
         if !(1..=i32::MAX as u64).contains(&self.responder.heartbeat_interval.as_secs()) {
             return invalid(
                 "responder.heartbeat_interval",
                 "must be between 1s and 68 years",
             );
-        }
-        if self.admin.api_token.as_deref() == Some("") {
-            return invalid("admin.api_token", "must not be empty when set");
         }
         if self.node_id.is_empty() {
             return invalid("node_id", "must not be empty");
@@ -374,29 +214,12 @@ impl Config {
     }
 }
 
-/// `Option<OcppVersion>` written as a subprotocol name, or `"none"`.
-mod optional_version {
-    use ocpp::OcppVersion;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Option<OcppVersion>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(value.map_or("none", OcppVersion::subprotocol))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OcppVersion>, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.is_empty() || text.eq_ignore_ascii_case("none") {
-            return Ok(None);
-        }
-        text.parse().map(Some).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 // figment::Jail's closures must return figment's (large) error type.
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+    use ocpp::OcppVersion;
 
     #[test]
     fn defaults_are_valid() {

@@ -6,6 +6,7 @@
 //! values come from closed sets only: actions outside a version's catalogue are `_OTHER`,
 //! and nothing that identifies a charge point, a message or an address is ever a label.
 
+pub mod config;
 mod process;
 pub mod server;
 

@@ -86,7 +86,20 @@ impl Pipeline {
     }
 
     /// A charge point connected: counted, logged and published.
-    pub async fn opened(&self, info: &ConnectionInfo, fallback: bool) {
+    ///
+    /// Boxed here, not by the caller: the connection's future lives as long as the
+    /// connection, and would otherwise keep room for this one's state all that time.
+    pub fn opened(&self, info: Arc<ConnectionInfo>, fallback: bool) -> BoxFuture<'_, ()> {
+        async move { self.on_opened(&info, fallback).await }.boxed()
+    }
+
+    /// A charge point's connection ended (and it is no longer registered): counted,
+    /// logged and published. Boxed for the same reason as [`Pipeline::opened`].
+    pub fn closed(&self, info: Arc<ConnectionInfo>, ended: EndReason) -> BoxFuture<'_, ()> {
+        async move { self.on_closed(&info, ended).await }.boxed()
+    }
+
+    async fn on_opened(&self, info: &ConnectionInfo, fallback: bool) {
         let opened = OpenedData {
             ocpp_version: info.version,
             subprotocol_fallback: fallback,
@@ -110,9 +123,7 @@ impl Pipeline {
             .inc();
     }
 
-    /// A charge point's connection ended (and it is no longer registered): counted,
-    /// logged and published.
-    pub async fn closed(&self, info: &ConnectionInfo, ended: EndReason) {
+    async fn on_closed(&self, info: &ConnectionInfo, ended: EndReason) {
         let duration = (Utc::now() - info.connected_at).num_milliseconds() as f64 / 1000.0;
         self.metrics
             .connections

@@ -2,7 +2,10 @@
 //! WebSocket handshake under the handshake policy, registers each session, and hands it
 //! to the pipeline until it ends.
 
+pub mod config;
+
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -16,19 +19,23 @@ use tokio::{
     net::{TcpListener, TcpStream},
     time::Instant,
 };
-use tokio_tungstenite::tungstenite::{http::Request, protocol::WebSocketConfig};
+use tokio_tungstenite::{
+    tungstenite::{http::Request, protocol::WebSocketConfig},
+    WebSocketStream,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+pub use self::config::ListenerConfig;
+
 use crate::{
-    config::ListenerConfig,
     handshake::{Accepted, HandshakePolicy, Refusal},
     health::Lifecycle,
     labels::{ConnectionAttempt, DisconnectReason},
     metrics::Metrics,
     pipeline::Pipeline,
     registry::Registry,
-    session::{self, ConnectionInfo, SessionContext, SessionHandle},
+    session::{self, ConnectionInfo, SessionContext, SessionEnd, SessionHandle},
     upgrade::UpgradeError,
 };
 
@@ -180,7 +187,7 @@ impl OcppListener {
             .is_ok_and(|id| self.sessions.get(&id).is_some())
     }
 
-    async fn serve_connection(&self, stream: TcpStream, peer: SocketAddr) {
+    pub(crate) async fn serve_connection(&self, stream: TcpStream, peer: SocketAddr) {
         // Boxed: the upgrade's state is large and only needed until the handshake ends,
         // while this future lives as long as the connection (it is most of an idle
         // connection's memory otherwise).
@@ -205,18 +212,36 @@ impl OcppListener {
             });
             previous.close(DisconnectReason::ReplacedByNewConnection);
         }
-        async {
-            // Boxed like the upgrade: only needed for a moment of a long life.
-            self.pipeline.opened(&info, accepted.fallback).boxed().await;
-            let ended = session::run(ws, self.sessions_context.clone(), info.clone(), end).await;
-            // Unregistered before the closed event, so that whoever sees the event also sees
-            // the charge point gone (unless a newer connection already took its place).
-            self.sessions
-                .remove(&info.charge_point_id, &info.connection_id);
-            self.pipeline.closed(&info, ended).boxed().await;
-        }
-        .instrument(span)
-        .await;
+        self.connection(ws, info, end, accepted.fallback)
+            .instrument(span)
+            .await;
+    }
+
+    /// The life of an upgraded connection: opened, the session, unregistered, closed.
+    ///
+    /// Chained rather than written as an `async` block: awaiting a future that a block
+    /// owns keeps it twice in the block's state (the captured value and the one being
+    /// awaited), and this state is paid by every connection for its whole life. The
+    /// session itself is boxed by `session::run`.
+    fn connection(
+        &self,
+        ws: WebSocketStream<TcpStream>,
+        info: Arc<ConnectionInfo>,
+        end: SessionEnd,
+        fallback: bool,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        let session = session::run(ws, self.sessions_context.clone(), info.clone(), end);
+        self.pipeline
+            .opened(info.clone(), fallback)
+            .then(move |()| session)
+            .then(move |ended| {
+                // Unregistered before the closed event, so that whoever sees the event also
+                // sees the charge point gone (unless a newer connection already took its
+                // place).
+                self.sessions
+                    .remove(&info.charge_point_id, &info.connection_id);
+                self.pipeline.closed(info, ended)
+            })
     }
 
     /// The WebSocket upgrade with the handshake policy; `None` when refused or failed

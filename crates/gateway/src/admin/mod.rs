@@ -3,6 +3,8 @@
 //! Every error is a JSON body `{"error": "...", ...}` with a fitting status; see
 //! docs/admin-api.md.
 
+pub mod config;
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{

@@ -1,0 +1,131 @@
+//! The `[listener]` section: where and how charge points connect.
+
+use std::{net::SocketAddr, time::Duration};
+
+use ocpp::OcppVersion;
+use serde::{Deserialize, Serialize};
+
+use crate::config_check::InvalidOption;
+
+/// The OCPP WebSocket listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to listen on for charge points.
+    pub address: SocketAddr,
+    /// URL path prefix; charge points connect to `{path_prefix}/{chargePointId}`.
+    pub path_prefix: String,
+    /// Supported OCPP versions, most preferred first.
+    pub subprotocols: Vec<OcppVersion>,
+    /// Version assumed when a charge point offers no subprotocol (`"none"` to refuse).
+    #[serde(with = "optional_version")]
+    pub fallback_subprotocol: Option<OcppVersion>,
+    /// Largest accepted WebSocket message, in bytes; larger ones close with 1009.
+    pub max_message_size: usize,
+    /// WebSocket read buffer per connection, in bytes.
+    pub read_buffer_size: usize,
+    /// Time a client has to complete the TCP-to-WebSocket handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Longest accepted charge point id, in characters (after percent-decoding).
+    pub max_charge_point_id_length: usize,
+    /// Most concurrent charge point connections; further handshakes are refused with 503.
+    pub max_connections: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            address: ([0, 0, 0, 0], 8080).into(),
+            path_prefix: "/ocpp".to_owned(),
+            subprotocols: OcppVersion::ALL.to_vec(),
+            fallback_subprotocol: Some(OcppVersion::V16),
+            max_message_size: 64 * 1024,
+            read_buffer_size: 4 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_charge_point_id_length: 48,
+            max_connections: 19_000,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// Checks values that are well-typed but unusable.
+    pub fn validate(&self) -> Result<(), InvalidOption> {
+        let invalid = InvalidOption::new;
+        if !self.path_prefix.starts_with('/')
+            || self.path_prefix.ends_with('/') && self.path_prefix.len() > 1
+        {
+            return Err(invalid(
+                "listener.path_prefix",
+                "must start with `/` and not end with `/` (e.g. `/ocpp`)",
+            ));
+        }
+        if self.subprotocols.is_empty() {
+            return Err(invalid(
+                "listener.subprotocols",
+                "must name at least one OCPP version",
+            ));
+        }
+        let mut unique = self.subprotocols.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != self.subprotocols.len() {
+            return Err(invalid("listener.subprotocols", "lists a version twice"));
+        }
+        if let Some(fallback) = self.fallback_subprotocol {
+            if !self.subprotocols.contains(&fallback) {
+                return Err(invalid(
+                    "listener.fallback_subprotocol",
+                    "must be one of listener.subprotocols (or \"none\")",
+                ));
+            }
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.max_message_size) {
+            return Err(invalid(
+                "listener.max_message_size",
+                "must be between 256 and 16777216 bytes",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&self.read_buffer_size) {
+            return Err(invalid(
+                "listener.read_buffer_size",
+                "must be between 1024 and 1048576 bytes",
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid(
+                "listener.handshake_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if !(1..=1000).contains(&self.max_charge_point_id_length) {
+            return Err(invalid(
+                "listener.max_charge_point_id_length",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("listener.max_connections", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// `Option<OcppVersion>` written as a subprotocol name, or `"none"`.
+mod optional_version {
+    use ocpp::OcppVersion;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<OcppVersion>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value.map_or("none", OcppVersion::subprotocol))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OcppVersion>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() || text.eq_ignore_ascii_case("none") {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
+}
