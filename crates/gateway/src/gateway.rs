@@ -25,6 +25,7 @@ use crate::{
     session::SessionContext,
     sink::{
         embedded::{EmbeddedOptions, EmbeddedSink, Output},
+        metrics::SinkMetrics,
         ring::EventRing,
         EventSink,
     },
@@ -111,9 +112,10 @@ impl Gateway {
         let mut registry = MetricsRegistry::new();
         let metrics = Metrics::register(&mut registry, &config.listener.subprotocols);
         let http_metrics = HttpMetrics::register(&mut registry);
+        let sink_metrics = SinkMetrics::register(&mut registry);
         let events = match sink {
             Some(sink) => EventsOut { sink, bus: None },
-            None => Gateway::open_events(&config, &metrics, &mut registry).await?,
+            None => Gateway::open_events(&config, sink_metrics, &mut registry).await?,
         };
         let validator = Arc::new(Validator::new(Leniency {
             timestamps_without_zone: config.validation.accept_timestamps_without_zone,
@@ -218,7 +220,7 @@ impl Gateway {
     /// Kafka when brokers are configured, the embedded sink otherwise.
     async fn open_events(
         config: &Config,
-        metrics: &Arc<Metrics>,
+        metrics: SinkMetrics,
         registry: &mut MetricsRegistry,
     ) -> Result<EventsOut, StartError> {
         if config.kafka.enabled() {
@@ -226,7 +228,7 @@ impl Gateway {
             let produced = [&topics.events, &topics.command_results]
                 .map(|name| &*Box::leak(name.clone().into_boxed_str()));
             let kafka_metrics = KafkaMetrics::register(registry, &produced);
-            let bus = KafkaBus::new(&config.kafka, metrics.clone(), kafka_metrics)?;
+            let bus = KafkaBus::new(&config.kafka, metrics, kafka_metrics)?;
             let sink = Arc::new(KafkaSink::new(bus.clone()));
             return Ok(EventsOut {
                 sink,
@@ -243,7 +245,7 @@ impl Gateway {
             fsync: config.events.fsync,
             unready_after: config.events.unready_after,
         };
-        let sink = EmbeddedSink::start(output, options, metrics.clone())
+        let sink = EmbeddedSink::start(output, options, metrics)
             .await
             .map_err(StartError::EventOutput)?;
         Ok(EventsOut {

@@ -53,7 +53,7 @@ pub struct AdminState {
 }
 
 /// The admin API's routes.
-pub fn router(shared: Arc<AdminState>) -> Router {
+pub fn router(admin: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/api/v1/connections", get(list_connections))
         .route(
@@ -69,7 +69,7 @@ pub fn router(shared: Arc<AdminState>) -> Router {
             axum::routing::put(start_debug_trace).delete(stop_debug_trace),
         )
         .route_layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
+            admin.clone(),
             require_token,
         ));
     Router::new()
@@ -78,16 +78,16 @@ pub fn router(shared: Arc<AdminState>) -> Router {
         .route("/health", get(health))
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(shared)
+        .with_state(admin)
 }
 
 /// Checks `Authorization: Bearer <admin.api_token>` when a token is configured.
 async fn require_token(
-    State(shared): State<Arc<AdminState>>,
+    State(admin): State<Arc<AdminState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(token) = &shared.api_token {
+    if let Some(token) = &admin.api_token {
         let presented = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -129,8 +129,8 @@ async fn livez() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(shared): State<Arc<AdminState>>) -> Response {
-    match shared.health.readiness() {
+async fn readyz(State(admin): State<Arc<AdminState>>) -> Response {
+    match admin.health.readiness() {
         Ok(()) => Json(json!({ "ready": true })).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -140,8 +140,8 @@ async fn readyz(State(shared): State<Arc<AdminState>>) -> Response {
     }
 }
 
-async fn health(State(shared): State<Arc<AdminState>>) -> Response {
-    Json(shared.health.report()).into_response()
+async fn health(State(admin): State<Arc<AdminState>>) -> Response {
+    Json(admin.health.report()).into_response()
 }
 
 fn connection_json(handle: &SessionHandle) -> Value {
@@ -175,7 +175,7 @@ struct PageQuery {
 }
 
 async fn list_connections(
-    State(shared): State<Arc<AdminState>>,
+    State(admin): State<Arc<AdminState>>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(query)) = query else {
@@ -186,22 +186,22 @@ async fn list_connections(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     // One extra tells whether another page follows.
-    let mut page = shared.sessions.page(query.after.as_deref(), limit + 1);
+    let mut page = admin.sessions.page(query.after.as_deref(), limit + 1);
     let more = page.len() > limit;
     page.truncate(limit);
     let next_after = more
         .then(|| page.last().map(|h| h.info.charge_point_id.clone()))
         .flatten();
     Json(json!({
-        "total": shared.sessions.len(),
+        "total": admin.sessions.len(),
         "connections": page.iter().map(connection_json).collect::<Vec<_>>(),
         "nextAfter": next_after,
     }))
     .into_response()
 }
 
-async fn get_connection(State(shared): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
-    match shared.sessions.get(&id) {
+async fn get_connection(State(admin): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match admin.sessions.get(&id) {
         Some(handle) => Json(connection_json(&handle)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -210,8 +210,8 @@ async fn get_connection(State(shared): State<Arc<AdminState>>, Path(id): Path<St
     }
 }
 
-async fn disconnect(State(shared): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
-    match shared.sessions.get(&id) {
+async fn disconnect(State(admin): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match admin.sessions.get(&id) {
         Some(handle) => {
             handle.close(DisconnectReason::DisconnectedByOperator);
             (
@@ -237,7 +237,7 @@ struct CommandBody {
 }
 
 async fn send_command(
-    State(shared): State<Arc<AdminState>>,
+    State(admin): State<Arc<AdminState>>,
     Path(id): Path<String>,
     body: Result<Json<CommandBody>, JsonRejection>,
 ) -> Response {
@@ -248,7 +248,7 @@ async fn send_command(
     let (action, outcome) = match request {
         Ok(request) => (
             any_version_action_label(&request.action),
-            shared
+            admin
                 .commander
                 .send(&id, &request, QueueMode::FailFast)
                 .await,
@@ -256,7 +256,7 @@ async fn send_command(
         Err(rejected) => (crate::metrics::OTHER, Err(rejected)),
     };
     let report = CommandReport::of(&id, outcome);
-    shared
+    admin
         .metrics
         .command(CommandSource::Admin, action, report.status);
     let status_code = match report.status {
@@ -295,7 +295,7 @@ struct EventsQuery {
 }
 
 async fn recent_events(
-    State(shared): State<Arc<AdminState>>,
+    State(admin): State<Arc<AdminState>>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(query)) = query else {
@@ -311,7 +311,7 @@ async fn recent_events(
     struct Events {
         events: Vec<Arc<crate::event::Event>>,
     }
-    let events = shared.ring.recent(query.charge_point_id.as_deref(), limit);
+    let events = admin.ring.recent(query.charge_point_id.as_deref(), limit);
     Json(Events { events }).into_response()
 }
 
@@ -363,11 +363,11 @@ struct DebugTraceRequest {
 }
 
 async fn start_debug_trace(
-    State(shared): State<Arc<AdminState>>,
+    State(admin): State<Arc<AdminState>>,
     Path(id): Path<String>,
     body: Result<Json<DebugTraceRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(refusal) = check_charge_point_id(&id, shared.max_charge_point_id_length) {
+    if let Err(refusal) = check_charge_point_id(&id, admin.max_charge_point_id_length) {
         // No charge point can connect under this id, so a trace for it would never log.
         return error(StatusCode::BAD_REQUEST, refusal.to_string());
     }
@@ -382,7 +382,7 @@ async fn start_debug_trace(
             )
         }
     };
-    let until = shared
+    let until = admin
         .debug_traces
         .start(&id, Duration::from_secs(minutes * 60));
     tracing::info!(charge_point_id = %id, %until, "debug trace started");
@@ -390,10 +390,10 @@ async fn start_debug_trace(
 }
 
 async fn stop_debug_trace(
-    State(shared): State<Arc<AdminState>>,
+    State(admin): State<Arc<AdminState>>,
     Path(id): Path<String>,
 ) -> Response {
-    if shared.debug_traces.stop(&id) {
+    if admin.debug_traces.stop(&id) {
         tracing::info!(charge_point_id = %id, "debug trace stopped");
         Json(json!({ "chargePointId": id, "stopped": true })).into_response()
     } else {
@@ -401,8 +401,8 @@ async fn stop_debug_trace(
     }
 }
 
-async fn list_debug_traces(State(shared): State<Arc<AdminState>>) -> Json<Value> {
-    let traces: Vec<Value> = shared
+async fn list_debug_traces(State(admin): State<Arc<AdminState>>) -> Json<Value> {
+    let traces: Vec<Value> = admin
         .debug_traces
         .list()
         .into_iter()

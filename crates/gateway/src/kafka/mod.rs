@@ -41,8 +41,8 @@ pub use self::config::{KafkaConfig, TopicsConfig};
 
 use self::metrics::KafkaMetrics;
 use crate::{
-    metrics::{Metrics, TopicLabels, TopicOutcomeLabels},
-    sink::{SinkError, WriteFailures},
+    metrics::{TopicLabels, TopicOutcomeLabels},
+    sink::{metrics::SinkMetrics, SinkError, WriteFailures},
 };
 
 /// How often the bus checks that the brokers answer.
@@ -56,8 +56,8 @@ pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// The shared producer and the bus's health.
 pub struct KafkaBus {
     config: KafkaConfig,
-    /// The traffic metrics, for `ocppgw_events_published_total`.
-    metrics: Arc<Metrics>,
+    /// `ocppgw_events_published_total`.
+    metrics: SinkMetrics,
     kafka_metrics: Arc<KafkaMetrics>,
     // Topic names as metric labels (leaked once: a handful of strings for the process).
     topic_labels: Vec<&'static str>,
@@ -110,7 +110,7 @@ impl KafkaBus {
     /// run-time state (`/readyz` says so), not a start-up failure.
     pub fn new(
         config: &KafkaConfig,
-        metrics: Arc<Metrics>,
+        metrics: SinkMetrics,
         kafka_metrics: Arc<KafkaMetrics>,
     ) -> Result<Arc<KafkaBus>, BusConfigError> {
         let producer = Self::create_producer(config, &kafka_metrics)?;
@@ -430,7 +430,7 @@ impl KafkaBus {
                 .get_or_create(&TopicLabels { topic })
                 .observe(started.elapsed().as_secs_f64());
         }
-        self.metrics.event_published(event_type, ok);
+        self.metrics.published(event_type, ok);
     }
 
     /// Waits (at most `timeout`) for every produced record to be acknowledged.

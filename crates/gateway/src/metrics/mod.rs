@@ -149,7 +149,6 @@ pub struct Metrics {
     pub pending_calls: Gauge,
     pub late_responses: Counter,
     pub timestamps_without_zone: Family<VersionLabels, Counter>,
-    pub events_published: Family<EventLabels, Counter>,
     pub commands: Family<CommandLabels, Counter>,
 }
 
@@ -218,7 +217,6 @@ impl Metrics {
             pending_calls: Gauge::default(),
             late_responses: Counter::default(),
             timestamps_without_zone: Family::default(),
-            events_published: Family::default(),
             commands: Family::default(),
         };
         r.add(
@@ -302,11 +300,6 @@ impl Metrics {
             m.timestamps_without_zone.clone(),
         );
         r.add(
-            "ocppgw_events_published",
-            "Event records by type and durability outcome",
-            m.events_published.clone(),
-        );
-        r.add(
             "ocppgw_commands",
             "Commands by source, action and outcome",
             m.commands.clone(),
@@ -380,19 +373,6 @@ impl Metrics {
                 let _ = self.call_errors.get_or_create(&CallErrorLabels {
                     direction: direction.as_str(),
                     error_code: code.as_str(OcppVersion::V201),
-                });
-            }
-        }
-        for event_type in [
-            "message_received",
-            "connection_opened",
-            "connection_closed",
-            "command_result",
-        ] {
-            for outcome in ["ok", "error"] {
-                let _ = self.events_published.get_or_create(&EventLabels {
-                    event_type,
-                    outcome,
                 });
             }
         }
@@ -507,23 +487,6 @@ impl Metrics {
                 source: source.as_str(),
                 action,
                 outcome: status.as_str(),
-            })
-            .inc();
-    }
-
-    /// Counts one event's durability outcome.
-    pub fn event_published(&self, event_type: &str, ok: bool) {
-        let event_type = match event_type {
-            crate::event::MESSAGE_RECEIVED => "message_received",
-            crate::event::CONNECTION_OPENED => "connection_opened",
-            crate::event::CONNECTION_CLOSED => "connection_closed",
-            _ => "command_result",
-        };
-        let outcome = if ok { "ok" } else { "error" };
-        self.events_published
-            .get_or_create(&EventLabels {
-                event_type,
-                outcome,
             })
             .inc();
     }

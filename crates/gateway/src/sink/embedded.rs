@@ -23,8 +23,9 @@ use futures_util::{future::BoxFuture, FutureExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::Fsync;
+use super::metrics::SinkMetrics;
 use super::{ComponentHealth, Delivery, EventSink, SinkError, WriteFailures};
-use crate::{event::Event, metrics::Metrics};
+use crate::event::Event;
 
 /// Most events written per batch.
 const MAX_BATCH: usize = 256;
@@ -67,7 +68,7 @@ impl EmbeddedSink {
     pub async fn start(
         output: Output,
         options: EmbeddedOptions,
-        metrics: Arc<Metrics>,
+        metrics: SinkMetrics,
     ) -> io::Result<EmbeddedSink> {
         let writer: Option<Box<dyn BatchWriter>> = match &output {
             Output::Stdout => Some(Box::new(io::stdout())),
@@ -87,7 +88,7 @@ impl EmbeddedSink {
     fn with_writer(
         writer: Option<Box<dyn BatchWriter>>,
         options: EmbeddedOptions,
-        metrics: Arc<Metrics>,
+        metrics: SinkMetrics,
     ) -> io::Result<EmbeddedSink> {
         let (queue, receiver) = mpsc::channel(options.queue_capacity);
         let failures = Arc::new(Mutex::new(WriteFailures::new(options.unready_after)));
@@ -272,7 +273,7 @@ async fn collect(
     mut receiver: mpsc::Receiver<Item>,
     disk: Option<std::sync::mpsc::Sender<Job>>,
     failures: Arc<Mutex<WriteFailures>>,
-    metrics: Arc<Metrics>,
+    metrics: SinkMetrics,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -307,7 +308,7 @@ async fn collect(
         for item in batch.drain(..) {
             match item {
                 Item::Event(event, ack) => {
-                    metrics.event_published(event.event_type, outcome.is_ok());
+                    metrics.published(event.event_type, outcome.is_ok());
                     let _ = ack.send(outcome.clone());
                 }
                 Item::Flush(done) => {
@@ -398,13 +399,13 @@ mod tests {
         }
     }
 
-    fn metrics() -> Arc<Metrics> {
+    fn metrics() -> SinkMetrics {
         registered_metrics().1
     }
 
-    fn registered_metrics() -> (crate::metrics::MetricsRegistry, Arc<Metrics>) {
+    fn registered_metrics() -> (crate::metrics::MetricsRegistry, SinkMetrics) {
         let mut registry = crate::metrics::MetricsRegistry::new();
-        let metrics = Metrics::register(&mut registry, &OcppVersion::ALL);
+        let metrics = SinkMetrics::register(&mut registry);
         (registry, metrics)
     }
 
