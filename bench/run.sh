@@ -22,8 +22,10 @@ for arg in "$@"; do
     *) pass+=("$arg") ;;
   esac
 done
+# Where cargo puts what it builds: CARGO_TARGET_DIR when set, like cargo itself.
+target_dir="${CARGO_TARGET_DIR:-target}"
 if $quick && [[ " ${pass[*]} " != *" --output"* ]]; then
-  pass+=(--output target/bench-quick.md)
+  pass+=(--output "$target_dir/bench-quick.md")
 fi
 
 step() { printf '\n== %s\n' "$*" >&2; }
@@ -55,4 +57,4 @@ if ! cmp -s "$requirements" "$venv/.requirements" 2>/dev/null; then
 fi
 
 step "running the benchmark"
-exec python3 bench/bench.py --bin-dir "target/$profile" --python "$venv/bin/python" "${pass[@]}"
+exec python3 bench/bench.py --bin-dir "$target_dir/$profile" --python "$venv/bin/python" "${pass[@]}"
