@@ -350,11 +350,8 @@ impl Gateway {
         } = self;
         info!(address = %ocpp_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ocpp listener bound");
         info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener bound");
-        let admin_exposed = admin_listener
-            .local_addr()
-            .is_ok_and(|address| !address.ip().is_loopback());
-        if admin_exposed && config.admin.api_token.is_none() {
-            warn!("the admin API listens beyond loopback without admin.api_token: anyone who reaches it can command charge points");
+        if !config.admin.is_loopback() && config.admin.api_token.is_none() {
+            warn!("the admin API listens beyond loopback without admin.api_token (admin.allow_unauthenticated): anyone who reaches it can command charge points");
         }
 
         // Stopped in this order at shutdown: accepting, commands, sessions, then the bus

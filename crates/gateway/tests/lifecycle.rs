@@ -275,3 +275,64 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
     let mut other = gw.connect("OTHER-1", &["ocpp1.6"]).await;
     assert_eq!(other.call("1", "Heartbeat", json!({})).await[0], 3);
 }
+
+/// The binary on `admin_address` with `env`: its exit status and what it printed, or
+/// `None` when it started (it is then stopped).
+fn start_binary(admin_address: &str, env: &[(&str, &str)]) -> Option<(i32, String)> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_charge-point-gateway"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", admin_address])
+        .args(["--metrics-listen", "127.0.0.1:0", "--events", "none"])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the gateway binary runs");
+    // A refused configuration exits at once; a started gateway logs its listeners.
+    let Some(stderr) = child.stderr.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no stderr pipe");
+    };
+    let mut stderr = std::io::BufReader::new(stderr);
+    let mut printed = String::new();
+    loop {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0);
+        if read == 0 {
+            let code = child.wait().ok().and_then(|status| status.code());
+            return Some((code.unwrap_or(-1), printed));
+        }
+        if line.contains("admin listener bound") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        printed.push_str(&line);
+    }
+}
+
+#[test]
+fn the_admin_api_beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
+    let (status, printed) =
+        start_binary("0.0.0.0:0", &[]).expect("refused without a token beyond loopback");
+    assert_eq!(status, 2, "{printed}");
+    assert!(printed.contains("admin.api_token"), "{printed}");
+    assert!(printed.contains("allow_unauthenticated"), "{printed}");
+    let token = [("CPGW_ADMIN__API_TOKEN", "a-long-random-token")];
+    assert_eq!(
+        start_binary("0.0.0.0:0", &token),
+        None,
+        "starts with a token"
+    );
+    let opted_out = [("CPGW_ADMIN__ALLOW_UNAUTHENTICATED", "true")];
+    assert_eq!(
+        start_binary("0.0.0.0:0", &opted_out),
+        None,
+        "starts when told to"
+    );
+    assert_eq!(
+        start_binary("127.0.0.1:0", &[]),
+        None,
+        "loopback needs no token"
+    );
+}

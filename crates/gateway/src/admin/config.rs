@@ -10,11 +10,16 @@ use crate::config_check::InvalidOption;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of `/livez`, `/readyz`, `/health` and `/api/v1/...`.
+    /// Address of `/livez`, `/readyz`, `/health` and `/api/v1/...`. Loopback by default:
+    /// the API can command every charge point.
     pub address: SocketAddr,
     /// When set, `/api/v1/...` requires `Authorization: Bearer <token>` (health
-    /// endpoints stay open for probes).
+    /// endpoints stay open for probes). Required when `address` is not a loopback
+    /// address, unless `allow_unauthenticated` is set.
     pub api_token: Option<String>,
+    /// Serve `/api/v1/...` without a token on a non-loopback address (a lab, or a network
+    /// that only trusted clients reach). Off by default: the gateway then refuses to start.
+    pub allow_unauthenticated: bool,
     /// Most open connections; the last few places serve only health probes, further
     /// connections are closed at once.
     pub max_connections: usize,
@@ -27,8 +32,9 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            address: ([0, 0, 0, 0], 8081).into(),
+            address: ([127, 0, 0, 1], 8081).into(),
             api_token: None,
+            allow_unauthenticated: false,
             max_connections: 128,
             idle_timeout: Duration::from_secs(10),
         }
@@ -36,6 +42,11 @@ impl Default for AdminConfig {
 }
 
 impl AdminConfig {
+    /// Whether the API listens on a loopback address only.
+    pub fn is_loopback(&self) -> bool {
+        self.address.ip().is_loopback()
+    }
+
     /// Checks values that are well-typed but unusable.
     pub fn validate(&self) -> Result<(), InvalidOption> {
         let invalid = InvalidOption::new;
@@ -48,6 +59,53 @@ impl AdminConfig {
         if self.api_token.as_deref() == Some("") {
             return Err(invalid("admin.api_token", "must not be empty when set"));
         }
+        if self.api_token.is_none() && !self.is_loopback() && !self.allow_unauthenticated {
+            return Err(InvalidOption::new(
+                "admin.api_token",
+                format!(
+                    "is required when admin.address ({}) is not a loopback address: anyone \
+                     who reaches the API can command every charge point (set \
+                     admin.allow_unauthenticated = true to serve it without a token anyway)",
+                    self.address
+                ),
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(address: &str) -> AdminConfig {
+        AdminConfig {
+            address: address.parse().unwrap(),
+            ..AdminConfig::default()
+        }
+    }
+
+    #[test]
+    fn beyond_loopback_the_api_needs_a_token_or_an_explicit_opt_out() {
+        assert_eq!(AdminConfig::default().validate(), Ok(()));
+        assert_eq!(at("[::1]:8081").validate(), Ok(()));
+        for address in ["0.0.0.0:8081", "[::]:8081", "192.0.2.10:8081"] {
+            let refused = at(address).validate().unwrap_err();
+            assert_eq!(refused.option, "admin.api_token", "{address}");
+            assert!(
+                refused.reason.contains("allow_unauthenticated"),
+                "{refused}"
+            );
+            let with_token = AdminConfig {
+                api_token: Some("secret".into()),
+                ..at(address)
+            };
+            assert_eq!(with_token.validate(), Ok(()));
+            let opted_out = AdminConfig {
+                allow_unauthenticated: true,
+                ..at(address)
+            };
+            assert_eq!(opted_out.validate(), Ok(()));
+        }
     }
 }
