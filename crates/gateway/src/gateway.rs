@@ -5,7 +5,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use ocpp::Leniency;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
@@ -17,7 +17,7 @@ use crate::{
     http_server::{self, HttpLimits, HttpMetrics},
     kafka::{self, commands::CommandConsumer, metrics::KafkaMetrics, KafkaBus, KafkaSink},
     labels::HttpListener,
-    listener::{OcppListener, SocketBudget},
+    listener::{AddressLimit, OcppListener, SocketBudget},
     metrics::{server::Scrape, Metrics, MetricsRegistry},
     pipeline::{BackendAnswers, Pipeline, Publisher},
     registry::Registry,
@@ -162,6 +162,8 @@ impl Gateway {
                 debug_traces: debug_traces.clone(),
             }),
             pipeline,
+            addresses: AddressLimit::new(config.listener.max_connections_per_address),
+            handshakes: Arc::new(Semaphore::new(config.listener.max_handshakes)),
         });
         let commander = Arc::new(Commander::new(
             sessions.clone(),

@@ -107,6 +107,8 @@ closed_set! {
         UnsupportedSubprotocol => "unsupported_subprotocol",
         /// `listener.max_connections` reached, or the open-file budget spent.
         AtCapacity => "at_capacity",
+        /// `listener.max_connections_per_address` reached for the socket's address.
+        AddressLimit => "address_limit",
         /// Refused during shutdown.
         ShuttingDown => "shutting_down",
         /// The connection failed during the handshake.
@@ -141,6 +143,16 @@ closed_set! {
         Binary => "binary",
         /// Over `listener.max_message_size`.
         TooBig => "too_big",
+    }
+}
+
+closed_set! {
+    /// Where a WebSocket handshake is: `ocppgw_handshakes{state}`.
+    HandshakeState {
+        /// Holding one of `listener.max_handshakes` places.
+        Running => "running",
+        /// Waiting for a place.
+        Waiting => "waiting",
     }
 }
 
@@ -231,6 +243,7 @@ mod tests {
         unique(CommandSource::ALL, CommandSource::as_str);
         unique(CallDirection::ALL, CallDirection::as_str);
         unique(CallEnd::ALL, CallEnd::as_str);
+        unique(HandshakeState::ALL, HandshakeState::as_str);
     }
 
     #[test]

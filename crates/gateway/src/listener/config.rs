@@ -31,6 +31,16 @@ pub struct ListenerConfig {
     pub max_charge_point_id_length: usize,
     /// Most concurrent charge point connections; further handshakes are refused with 503.
     pub max_connections: usize,
+    /// Most sockets (connected or in their handshake) from one source address; further
+    /// ones are closed at once. `0`: no limit (charge points behind one NAT, or a load
+    /// balancer without the PROXY protocol, share an address).
+    pub max_connections_per_address: usize,
+    /// Most WebSocket handshakes in progress at once; further sockets wait for a place
+    /// within `handshake_timeout`.
+    pub max_handshakes: usize,
+    /// New sockets accepted per second on average, with bursts of one second's worth;
+    /// beyond it sockets wait in the kernel's accept queue. `0`: no limit.
+    pub accept_rate: u32,
 }
 
 impl Default for ListenerConfig {
@@ -45,6 +55,9 @@ impl Default for ListenerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_charge_point_id_length: 48,
             max_connections: 19_000,
+            max_connections_per_address: 0,
+            max_handshakes: 1000,
+            accept_rate: 0,
         }
     }
 }
@@ -107,6 +120,9 @@ impl ListenerConfig {
         }
         if self.max_connections == 0 {
             return Err(invalid("listener.max_connections", "must be at least 1"));
+        }
+        if self.max_handshakes == 0 {
+            return Err(invalid("listener.max_handshakes", "must be at least 1"));
         }
         Ok(())
     }

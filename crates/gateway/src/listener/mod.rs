@@ -3,20 +3,15 @@
 //! to the pipeline until it ends.
 
 pub mod config;
+pub mod limits;
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::FutureExt;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::{
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
     time::Instant,
 };
 use tokio_tungstenite::{
@@ -24,14 +19,15 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 
 pub use self::config::ListenerConfig;
+pub use self::limits::{AcceptRate, AddressLimit, SocketBudget};
 
 use crate::{
     handshake::{Accepted, HandshakePolicy, Refusal},
     health::Lifecycle,
-    labels::{ConnectionAttempt, DisconnectReason},
+    labels::{ConnectionAttempt, DisconnectReason, HandshakeState},
     metrics::Metrics,
     pipeline::Pipeline,
     registry::Registry,
@@ -53,66 +49,11 @@ pub struct OcppListener {
     pub pipeline: Arc<Pipeline>,
     /// What every session shares.
     pub sessions_context: Arc<SessionContext<Pipeline>>,
-}
-
-/// Open files the process needs besides sockets: the events file, log output, Kafka's
-/// broker connections, the runtime's own descriptors.
-const OTHER_FILES: u64 = 64;
-
-/// How many charge point sockets (upgraded or still in their handshake) may be open at
-/// once, so that charge points can never take the file descriptors that the admin and
-/// metrics listeners, and the rest of the process, need.
-#[derive(Debug, Clone)]
-pub struct SocketBudget {
-    open: Arc<AtomicUsize>,
-    limit: usize,
-}
-
-/// One charge point socket counted against the budget, for as long as it is open.
-struct SocketSlot(Arc<AtomicUsize>);
-
-impl SocketBudget {
-    /// The budget under the process's open-file limit (raised to its hard limit first),
-    /// less `other_sockets` (what the admin and metrics listeners may hold) and what the
-    /// rest of the process needs; `max_connections` is only compared, for a warning.
-    pub fn from_open_file_limit(max_connections: usize, other_sockets: usize) -> SocketBudget {
-        let limit = match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(files) => {
-                let reserve = OTHER_FILES + other_sockets as u64;
-                let limit = files.saturating_sub(reserve) as usize;
-                if limit < max_connections {
-                    warn!(
-                        open_file_limit = files,
-                        reserved = reserve,
-                        max_connections,
-                        "the open-file limit leaves room for fewer charge point sockets than listener.max_connections; raise the limit (ulimit -n)"
-                    );
-                }
-                limit
-            }
-            Err(e) => {
-                warn!(error = %e, "the open-file limit cannot be read; charge point sockets are not budgeted");
-                usize::MAX
-            }
-        };
-        SocketBudget {
-            open: Default::default(),
-            limit,
-        }
-    }
-
-    /// A slot for a newly accepted socket, or `None` when the budget is spent.
-    fn take(&self) -> Option<SocketSlot> {
-        let taken = self.open.fetch_add(1, Ordering::Relaxed);
-        let slot = SocketSlot(self.open.clone());
-        (taken < self.limit).then_some(slot)
-    }
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    /// Sockets per source address.
+    pub addresses: AddressLimit,
+    /// Places for handshakes in progress (`listener.max_handshakes`); a socket waits for
+    /// one, within its handshake deadline.
+    pub handshakes: Arc<Semaphore>,
 }
 
 impl OcppListener {
@@ -125,7 +66,17 @@ impl OcppListener {
         tasks: TaskTracker,
         stop: CancellationToken,
     ) {
+        let mut rate = AcceptRate::new(self.config.accept_rate);
         loop {
+            // Over the accept rate, sockets wait in the kernel's accept queue: a storm is
+            // spread out instead of refused.
+            let wait = rate.wait_for_one();
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
             let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
                 accepted = listener.accept() => accepted,
@@ -140,10 +91,17 @@ impl OcppListener {
                         crate::warn_limited!(%peer, limit = budget.limit, "charge point socket closed at once: the open-file budget is spent");
                         continue;
                     };
+                    let Some(address_slot) = self.addresses.take(peer.ip()) else {
+                        // Closed at once too: a flood from one address costs no handshake.
+                        self.metrics
+                            .connection_attempt(ConnectionAttempt::AddressLimit);
+                        crate::warn_limited!(%peer, limit = self.config.max_connections_per_address, "charge point socket closed at once: too many from its address");
+                        continue;
+                    };
                     let this = self.clone();
                     tasks.spawn(async move {
                         this.serve_connection(stream, peer).await;
-                        drop(slot);
+                        drop((slot, address_slot));
                     });
                 }
                 Err(e) => {
@@ -278,10 +236,17 @@ impl OcppListener {
                 policy.negotiate(request)
             }
         };
-        let upgraded = tokio::time::timeout(
-            listener_config.handshake_timeout,
-            crate::upgrade::upgrade(stream, peer, ws_config, decide),
-        )
+        // The deadline covers the wait for a handshake place too: a socket that gets none
+        // in time is dropped like one that is too slow to shake hands.
+        let upgraded = tokio::time::timeout(listener_config.handshake_timeout, async {
+            let waiting = GaugeGuard::new(self.metrics.handshakes(HandshakeState::Waiting));
+            let place = self.handshakes.acquire().await;
+            drop(waiting);
+            let _running = GaugeGuard::new(self.metrics.handshakes(HandshakeState::Running));
+            let upgraded = crate::upgrade::upgrade(stream, peer, ws_config, decide).await;
+            drop(place);
+            upgraded
+        })
         .await;
         let attempt = |attempt| self.metrics.connection_attempt(attempt);
         match upgraded {
@@ -305,5 +270,21 @@ impl OcppListener {
                 None
             }
         }
+    }
+}
+
+/// Counts one in a gauge while it lives (a handshake cut short by its deadline too).
+struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn new(gauge: Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -16,7 +16,7 @@ use ocpp::{catalogue, ErrorCode, MessageType, OcppVersion};
 
 use crate::labels::{
     CallDirection, CallEnd, CommandSource, CommandStatus, ConnectionAttempt, DisconnectReason,
-    InvalidFrameKind,
+    HandshakeState, InvalidFrameKind,
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -88,6 +88,7 @@ labels!(TopicOutcomeLabels { topic, outcome });
 labels!(TopicLabels { topic });
 labels!(BuildLabels { version });
 labels!(ListenerLabels { listener });
+labels!(StateLabels { state });
 
 /// Labels of per-broker Kafka metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +133,7 @@ pub struct Metrics {
     pub ready: Gauge,
     pub connections: Family<VersionLabels, Gauge>,
     pub connection_attempts: Family<ResultLabels, Counter>,
+    pub handshakes_in_progress: Family<StateLabels, Gauge>,
     pub disconnects: Family<ReasonLabels, Counter>,
     pub connection_duration: Histogram,
     pub messages_received: Family<MessageLabels, Counter>,
@@ -204,6 +206,7 @@ impl Metrics {
             ready: Gauge::default(),
             connections: Family::default(),
             connection_attempts: Family::default(),
+            handshakes_in_progress: Family::default(),
             disconnects: Family::default(),
             connection_duration: Histogram::new(DURATION_BUCKETS),
             messages_received: Family::default(),
@@ -233,6 +236,11 @@ impl Metrics {
             "ocppgw_connection_attempts",
             "WebSocket handshakes by result",
             m.connection_attempts.clone(),
+        );
+        r.add(
+            "ocppgw_handshakes",
+            "WebSocket handshakes in progress (running) and waiting for a place",
+            m.handshakes_in_progress.clone(),
         );
         r.add(
             "ocppgw_disconnects",
@@ -314,6 +322,9 @@ impl Metrics {
             let _ = self.connection_attempts.get_or_create(&ResultLabels {
                 result: attempt.as_str(),
             });
+        }
+        for state in HandshakeState::ALL {
+            let _ = self.handshakes(*state);
         }
         for reason in DisconnectReason::ALL {
             let _ = self.disconnects.get_or_create(&ReasonLabels {
@@ -442,6 +453,15 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .inc();
+    }
+
+    /// The gauge of handshakes in `state`.
+    pub fn handshakes(&self, state: HandshakeState) -> Gauge {
+        self.handshakes_in_progress
+            .get_or_create(&StateLabels {
+                state: state.as_str(),
+            })
+            .clone()
     }
 
     /// Counts a WebSocket handshake's result.
