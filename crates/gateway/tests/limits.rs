@@ -128,3 +128,33 @@ async fn the_accept_rate_spreads_a_burst_out_without_refusing_it() {
     );
     assert_eq!(gw.probe.connections(), open.len());
 }
+
+#[tokio::test]
+async fn a_flooding_charge_point_is_read_later_and_loses_nothing() {
+    let gw = TestGateway::start_with(|config| {
+        config.session.max_messages_per_second = 100;
+    })
+    .await;
+    let mut flooder = gw.connect("FLOOD", &["ocpp1.6"]).await;
+    let started = Instant::now();
+    for i in 0..200 {
+        flooder
+            .send_json(serde_json::json!([2, format!("f{i}"), "Heartbeat", {}]))
+            .await;
+    }
+    // Another charge point is served meanwhile.
+    let mut calm = gw.connect("CALM", &["ocpp1.6"]).await;
+    let answer = calm.call("c1", "Heartbeat", serde_json::json!({})).await;
+    assert_eq!(answer[0], 3);
+    for i in 0..200 {
+        assert_eq!(flooder.frame().await[1], format!("f{i}"));
+    }
+    // 100 at once, then 100 per second: the last is read a second in, not sooner.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "200 messages in {:?}",
+        started.elapsed()
+    );
+    let pauses = gw.sample("ocppgw_message_rate_pauses_total").await;
+    assert!(pauses.is_some_and(|pauses| pauses >= 1.0), "{pauses:?}");
+}

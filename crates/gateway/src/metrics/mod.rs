@@ -150,6 +150,7 @@ pub struct Metrics {
     pub call_errors: Family<CallErrorLabels, Counter>,
     pub pending_calls: Gauge,
     pub late_responses: Counter,
+    pub message_rate_pauses: Counter,
     pub timestamps_without_zone: Family<VersionLabels, Counter>,
     pub commands: Family<CommandLabels, Counter>,
 }
@@ -219,6 +220,7 @@ impl Metrics {
             call_errors: Family::default(),
             pending_calls: Gauge::default(),
             late_responses: Counter::default(),
+            message_rate_pauses: Counter::default(),
             timestamps_without_zone: Family::default(),
             commands: Family::default(),
         };
@@ -296,6 +298,11 @@ impl Metrics {
             "ocppgw_pending_calls",
             "Gateway CALLs waiting for a response",
             m.pending_calls.clone(),
+        );
+        r.add(
+            "ocppgw_message_rate_pauses",
+            "Times a session stopped reading because its charge point exceeded session.max_messages_per_second",
+            m.message_rate_pauses.clone(),
         );
         r.add(
             "ocppgw_late_responses",

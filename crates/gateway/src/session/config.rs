@@ -26,6 +26,10 @@ pub struct SessionConfig {
     pub pong_timeout: Duration,
     /// Consecutive bad messages after which the connection is closed (1008).
     pub bad_message_limit: u32,
+    /// Messages a charge point may send per second on average, in bursts of one second's
+    /// worth; beyond it the gateway reads its socket later (TCP slows it down). `0`: no
+    /// limit.
+    pub max_messages_per_second: u32,
 }
 
 impl Default for SessionConfig {
@@ -37,6 +41,7 @@ impl Default for SessionConfig {
             ping_interval: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(30),
             bad_message_limit: 10,
+            max_messages_per_second: 200,
         }
     }
 }

@@ -10,6 +10,7 @@
 mod config;
 mod handle;
 mod handler;
+mod rate;
 #[cfg(test)]
 mod tests;
 
@@ -182,19 +183,35 @@ where
         let pings_on = !session_config.ping_interval.is_zero();
         let mut next_ping = Instant::now() + session_config.ping_interval;
         let mut paused_since_ping = false;
+        let mut rate = rate::MessageRate::new(session_config.max_messages_per_second);
+        let mut rate_paused = false;
         loop {
-            let can_read = self.inbound_queue.len() < session_config.inbound_queue_size;
+            let queue_has_room = self.inbound_queue.len() < session_config.inbound_queue_size;
+            // Only asked while reading could go on: over its rate, a charge point is read
+            // later (TCP slows it down), not buffered.
+            let rate_wait = if queue_has_room {
+                rate.ready_at()
+            } else {
+                None
+            };
+            if rate_wait.is_some() && !rate_paused {
+                self.ctx.metrics.message_rate_pauses.inc();
+            }
+            rate_paused = rate_wait.is_some();
+            let can_read = queue_has_room && !rate_paused;
             // While backpressure pauses reading, a pong may sit unread in the socket: the
             // pong deadline only counts time during which the session was reading.
             paused_since_ping |= !can_read;
             let outbound_deadline = self.outbound.as_ref().map(|o| o.deadline);
             let ping_deadline = self.awaiting_pong_until.unwrap_or(next_ping);
-            let timer_deadline = match (outbound_deadline, pings_on) {
-                (Some(outbound), true) => Some(outbound.min(ping_deadline)),
-                (Some(outbound), false) => Some(outbound),
-                (None, true) => Some(ping_deadline),
-                (None, false) => None,
-            };
+            let timer_deadline = [
+                outbound_deadline,
+                pings_on.then_some(ping_deadline),
+                rate_wait,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Some(request) = self.end.close_request() {
                 return Box::pin(self.close(request.reason)).await;
             }
@@ -223,9 +240,10 @@ where
                     self.start_next_inbound();
                 }
                 message = self.ws.next(), if can_read => {
+                    rate.take();
                     if let Some(ended) = Box::pin(self.on_message(message)).await { return ended; }
                 }
-                // One timer for both deadlines: each Sleep is over a hundred bytes of every
+                // One timer for every deadline: each Sleep is over a hundred bytes of every
                 // idle connection's memory.
                 _ = sleep_until(timer_deadline.unwrap_or_else(Instant::now)), if timer_deadline.is_some() => {
                     let now = Instant::now();

@@ -343,3 +343,29 @@ async fn a_call_reusing_an_id_in_flight_is_refused_without_being_handed_on() {
     assert_eq!(next_json(&mut h.client).await[0], 3);
     assert_eq!(*h.handler.started.lock(), ["same"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_charge_point_over_its_message_rate_is_read_later_not_refused() {
+    let config = SessionConfig {
+        max_messages_per_second: 2,
+        ..settings()
+    };
+    let mut h = start(config, 64 * 1024).await;
+    h.handler.answers.add_permits(6);
+    let started = tokio::time::Instant::now();
+    for i in 0..6 {
+        h.client
+            .send(call(&format!("m{i}"), "Heartbeat"))
+            .await
+            .unwrap();
+    }
+    for i in 0..6 {
+        assert_eq!(next_json(&mut h.client).await[1], format!("m{i}"));
+    }
+    // Two at once, then one every half second: the sixth is read two seconds in.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1990) && elapsed < Duration::from_millis(2100),
+        "{elapsed:?}"
+    );
+}
