@@ -1,7 +1,8 @@
 //! Property tests of what a charge point controls before its WebSocket is open: the
 //! request head and the charge point id in the path. Whatever arrives is parsed or
 //! refused, never a panic; every valid id survives percent-encoding unchanged.
-//! Failing cases proptest finds are kept in `proptest-regressions/` and replayed first.
+//! Failing cases proptest finds are kept in `handshake_properties.proptest-regressions`
+//! and replayed first.
 
 use charge_point_gateway::handshake::{
     check_charge_point_id, parse_request_head, HandshakePolicy, ID_EXTRA_CHARACTERS,

@@ -1,6 +1,8 @@
 //! Property tests of the frame codec: whatever a peer sends, decoding returns a frame or
 //! an error and never panics; whatever the codec writes, it reads back unchanged.
-//! Failing cases proptest finds are kept in `proptest-regressions/` and replayed first.
+//! Failing cases proptest finds are kept in `frame_properties.proptest-regressions` and
+//! replayed first. The first two it found: floats that serde_json does not parse back to
+//! the same number, so a payload's text, not its parsed value, is what must survive.
 
 use ocpp::{frame, ErrorCode, Frame, OcppVersion};
 use proptest::prelude::*;
@@ -87,13 +89,16 @@ proptest! {
         payload in json_object(),
         version in version(),
     ) {
-        let text = frame::encode_call(&id, &action, &raw(&payload));
+        let payload = raw(&payload);
+        let text = frame::encode_call(&id, &action, &payload);
         match Frame::decode(&text, version) {
             Ok(Frame::Call { message_id, action: decoded, payload: decoded_payload }) => {
                 prop_assert_eq!(message_id, id);
                 prop_assert_eq!(decoded, action);
-                let decoded_payload: Value = serde_json::from_str(decoded_payload.get()).unwrap();
-                prop_assert_eq!(decoded_payload, payload);
+                // The payload's text, byte for byte: parsed and printed again, a float can
+                // come back as a neighbouring one (serde_json does not round-trip floats
+                // exactly), which is why payloads are passed on as received.
+                prop_assert_eq!(decoded_payload.get(), payload.get());
             }
             other => prop_assert!(false, "{text} decoded as {other:?}"),
         }
@@ -115,8 +120,7 @@ proptest! {
                 // Descriptions are cut to the 255 characters OCPP-J allows.
                 prop_assert!(description.starts_with(error.description.as_str()));
                 prop_assert!(error.description.chars().count() <= 255);
-                let decoded: Value = serde_json::from_str(error.details.get()).unwrap();
-                prop_assert_eq!(decoded, details);
+                prop_assert_eq!(error.details.get(), details.to_string());
             }
             other => prop_assert!(false, "{text} decoded as {other:?}"),
         }
