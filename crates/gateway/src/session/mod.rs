@@ -240,7 +240,12 @@ where
                     self.start_next_inbound();
                 }
                 message = self.ws.next(), if can_read => {
-                    rate.take();
+                    // Data frames count; control frames have their own defence (a pong is
+                    // written before reading on, so a peer that pings without reading is
+                    // stopped by TCP and dropped after the write timeout).
+                    if matches!(message, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
+                        rate.take();
+                    }
                     if let Some(ended) = Box::pin(self.on_message(message)).await { return ended; }
                 }
                 // One timer for every deadline: each Sleep is over a hundred bytes of every
