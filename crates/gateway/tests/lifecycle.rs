@@ -245,6 +245,9 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
     let gw = TestGateway::start_with(|c| {
         c.session.ping_interval = Duration::ZERO;
         c.session.pong_timeout = Duration::from_secs(1);
+        // Under the message rate the flood would be read slowly and its answers would take
+        // minutes to fill the socket; this is about the write timeout alone.
+        c.session.max_messages_per_second = 0;
     })
     .await;
     // A tiny receive buffer and a client that never reads: the gateway's answers pile up
