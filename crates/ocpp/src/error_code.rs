@@ -37,6 +37,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::NotImplemented,
+        ErrorCode::NotSupported,
+        ErrorCode::InternalError,
+        ErrorCode::ProtocolError,
+        ErrorCode::SecurityError,
+        ErrorCode::FormatViolation,
+        ErrorCode::PropertyConstraintViolation,
+        ErrorCode::OccurrenceConstraintViolation,
+        ErrorCode::TypeConstraintViolation,
+        ErrorCode::GenericError,
+        ErrorCode::RpcFrameworkError,
+        ErrorCode::MessageTypeNotSupported,
+    ];
+
     /// The code as written on the wire for `version`.
     pub fn as_str(self, version: OcppVersion) -> &'static str {
         let v16 = !version.is_2x();
@@ -85,6 +101,17 @@ impl ErrorCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_each_code_once_and_each_reads_back() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert!(!ErrorCode::ALL[..i].contains(code), "{code:?} listed twice");
+            assert_eq!(
+                ErrorCode::parse(code.as_str(OcppVersion::V201)),
+                Some(*code)
+            );
+        }
+    }
 
     #[test]
     fn v16_spellings_differ_from_2x() {

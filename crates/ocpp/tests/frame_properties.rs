@@ -42,20 +42,7 @@ fn message_id() -> impl Strategy<Value = String> {
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    prop::sample::select(vec![
-        ErrorCode::NotImplemented,
-        ErrorCode::NotSupported,
-        ErrorCode::InternalError,
-        ErrorCode::ProtocolError,
-        ErrorCode::SecurityError,
-        ErrorCode::FormatViolation,
-        ErrorCode::PropertyConstraintViolation,
-        ErrorCode::OccurrenceConstraintViolation,
-        ErrorCode::TypeConstraintViolation,
-        ErrorCode::GenericError,
-        ErrorCode::RpcFrameworkError,
-        ErrorCode::MessageTypeNotSupported,
-    ])
+    prop::sample::select(ErrorCode::ALL.to_vec())
 }
 
 fn raw(value: &Value) -> Box<RawValue> {

@@ -155,22 +155,6 @@ pub struct Metrics {
     pub commands: Family<CommandLabels, Counter>,
 }
 
-/// Every OCPP-J error code, for `call_errors_total{error_code}`.
-const ERROR_CODES: [ErrorCode; 12] = [
-    ErrorCode::NotImplemented,
-    ErrorCode::NotSupported,
-    ErrorCode::InternalError,
-    ErrorCode::ProtocolError,
-    ErrorCode::SecurityError,
-    ErrorCode::FormatViolation,
-    ErrorCode::PropertyConstraintViolation,
-    ErrorCode::OccurrenceConstraintViolation,
-    ErrorCode::TypeConstraintViolation,
-    ErrorCode::GenericError,
-    ErrorCode::RpcFrameworkError,
-    ErrorCode::MessageTypeNotSupported,
-];
-
 /// The `message_type` label of a frame type (lower case, as in the original system).
 pub fn message_type_label(message_type: MessageType) -> &'static str {
     match message_type {
@@ -387,7 +371,7 @@ impl Metrics {
             }
         }
         for direction in CallDirection::ALL {
-            for code in ERROR_CODES {
+            for code in ErrorCode::ALL {
                 let _ = self.call_errors.get_or_create(&CallErrorLabels {
                     direction: direction.as_str(),
                     error_code: code.as_str(OcppVersion::V201),
