@@ -30,6 +30,28 @@ pub struct CallRejection {
     pub bad_message: bool,
 }
 
+impl CallRejection {
+    /// A payload that is not JSON.
+    fn not_json(error: serde_json::Error) -> CallRejection {
+        CallRejection {
+            code: ErrorCode::FormatViolation,
+            description: error.to_string(),
+            details: json!({}),
+            bad_message: true,
+        }
+    }
+
+    /// A payload that fails its schema.
+    fn invalid(violation: &Violation) -> CallRejection {
+        CallRejection {
+            code: violation.code,
+            description: violation.description.clone(),
+            details: violation_details(violation),
+            bad_message: true,
+        }
+    }
+}
+
 /// A charge point's CALL that passed every check.
 #[derive(Debug)]
 pub struct CheckedCall {
@@ -91,12 +113,8 @@ impl Validator {
             }
             Some(_) => {}
         }
-        let request: Value = serde_json::from_str(payload.get()).map_err(|e| CallRejection {
-            code: ErrorCode::FormatViolation,
-            description: e.to_string(),
-            details: json!({}),
-            bad_message: true,
-        })?;
+        let request: Value =
+            serde_json::from_str(payload.get()).map_err(CallRejection::not_json)?;
         match self
             .schemas
             .validate(version, action, PayloadKind::Request, &request)
@@ -105,12 +123,7 @@ impl Validator {
                 request,
                 timestamps_without_zone: validated.timestamps_without_zone,
             }),
-            Some(Err(violation)) => Err(CallRejection {
-                code: violation.code,
-                description: violation.description.clone(),
-                details: violation_details(&violation),
-                bad_message: true,
-            }),
+            Some(Err(violation)) => Err(CallRejection::invalid(&violation)),
             None => Err(refuse(
                 ErrorCode::NotImplemented,
                 format!("action {action} has no schema in {version}"),
@@ -127,22 +140,13 @@ impl Validator {
         action: &str,
         payload: &RawValue,
     ) -> Result<(), CallRejection> {
-        let response: Value = serde_json::from_str(payload.get()).map_err(|e| CallRejection {
-            code: ErrorCode::FormatViolation,
-            description: e.to_string(),
-            details: json!({}),
-            bad_message: true,
-        })?;
+        let response: Value =
+            serde_json::from_str(payload.get()).map_err(CallRejection::not_json)?;
         match self
             .schemas
             .validate(version, action, PayloadKind::Response, &response)
         {
-            Some(Err(violation)) => Err(CallRejection {
-                code: violation.code,
-                description: violation.description.clone(),
-                details: violation_details(&violation),
-                bad_message: true,
-            }),
+            Some(Err(violation)) => Err(CallRejection::invalid(&violation)),
             _ => Ok(()),
         }
     }
