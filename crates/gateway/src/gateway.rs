@@ -226,10 +226,7 @@ impl Gateway {
         registry: &mut MetricsRegistry,
     ) -> Result<EventsOut, StartError> {
         if config.kafka.enabled() {
-            let topics = &config.kafka.topics;
-            let produced = [&topics.events, &topics.command_results]
-                .map(|name| &*Box::leak(name.clone().into_boxed_str()));
-            let kafka_metrics = KafkaMetrics::register(registry, &produced);
+            let kafka_metrics = KafkaMetrics::register(registry, &config.kafka.topics);
             let bus = KafkaBus::new(&config.kafka, metrics, kafka_metrics)?;
             let sink = Arc::new(KafkaSink::new(bus.clone()));
             return Ok(EventsOut {

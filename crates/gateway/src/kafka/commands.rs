@@ -141,11 +141,8 @@ impl OffsetTracker {
 pub async fn run(consumer: Arc<CommandConsumer>, stop: CancellationToken) {
     let bus = &consumer.bus;
     let dedup = Arc::new(Mutex::new(Dedup::new(bus.config().command_dedup_window)));
-    // A metric label for the whole process lifetime (one small string, once).
-    let commands_topic: &'static str =
-        Box::leak(bus.config().topics.commands.clone().into_boxed_str());
     loop {
-        match run_once(&consumer, &dedup, &stop, commands_topic).await {
+        match run_once(&consumer, &dedup, &stop).await {
             Ok(()) => return,
             Err(e) => {
                 bus.set_command_consumer_error(e.clone());
@@ -163,9 +160,9 @@ async fn run_once(
     consumer_parts: &Arc<CommandConsumer>,
     dedup: &Arc<Mutex<Dedup>>,
     stop: &CancellationToken,
-    commands_topic: &'static str,
 ) -> Result<(), String> {
     let bus = &consumer_parts.bus;
+    let commands_topic = bus.metrics().topics.commands;
     let config = bus.config();
     let mut client = client_config(config, &config.consumer);
     let session_timeout = config.command_session_timeout.as_millis();

@@ -8,6 +8,7 @@ use prometheus_client::metrics::{
     counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
 };
 
+use super::config::TopicsConfig;
 use crate::metrics::{
     ActionLabels, BrokerLabels, MetricsRegistry, PartitionLabels, TopicLabels, TopicOutcomeLabels,
     LATENCY_BUCKETS,
@@ -19,9 +20,49 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// The topic names as metric labels: leaked once, four small strings for the process's
+/// lifetime, since label values must be `'static`.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicNames {
+    /// `kafka.topics.events`.
+    pub events: &'static str,
+    /// `kafka.topics.commands`.
+    pub commands: &'static str,
+    /// `kafka.topics.command_results`.
+    pub command_results: &'static str,
+    /// `kafka.topics.replies`.
+    pub replies: &'static str,
+}
+
+impl TopicNames {
+    fn leak(topics: &TopicsConfig) -> TopicNames {
+        let leak = |name: &String| &*Box::leak(name.clone().into_boxed_str());
+        TopicNames {
+            events: leak(&topics.events),
+            commands: leak(&topics.commands),
+            command_results: leak(&topics.command_results),
+            replies: leak(&topics.replies),
+        }
+    }
+
+    /// The label of `topic`: its name when it is one of the four, else `_OTHER`.
+    pub fn label_of(&self, topic: &str) -> &'static str {
+        [
+            self.events,
+            self.commands,
+            self.command_results,
+            self.replies,
+        ]
+        .into_iter()
+        .find(|name| *name == topic)
+        .unwrap_or(crate::metrics::OTHER)
+    }
+}
+
 /// Every metric of the Kafka bus.
 #[allow(missing_docs)]
 pub struct KafkaMetrics {
+    pub topics: TopicNames,
     pub produce: Family<TopicOutcomeLabels, Counter>,
     pub produce_duration: HistogramFamily<TopicLabels>,
     pub in_flight: Gauge,
@@ -36,9 +77,11 @@ pub struct KafkaMetrics {
 }
 
 impl KafkaMetrics {
-    /// Registers the bus's metrics in `r`; the produce outcomes of `topics` start at 0.
-    pub fn register(r: &mut MetricsRegistry, topics: &[&'static str]) -> Arc<KafkaMetrics> {
+    /// Registers the bus's metrics in `r`; the produce outcomes of the topics the gateway
+    /// writes start at 0.
+    pub fn register(r: &mut MetricsRegistry, topics: &TopicsConfig) -> Arc<KafkaMetrics> {
         let m = KafkaMetrics {
+            topics: TopicNames::leak(topics),
             produce: Family::default(),
             produce_duration: Family::new_with_constructor(latency_histogram),
             in_flight: Gauge::default(),
@@ -106,7 +149,7 @@ impl KafkaMetrics {
             "Age of consumed command records when read",
             m.record_age.clone(),
         );
-        for topic in topics {
+        for topic in [m.topics.events, m.topics.command_results] {
             for outcome in ["ok", "error"] {
                 let _ = m
                     .produce

@@ -59,8 +59,6 @@ pub struct KafkaBus {
     /// `ocppgw_events_published_total`.
     metrics: SinkMetrics,
     kafka_metrics: Arc<KafkaMetrics>,
-    // Topic names as metric labels (leaked once: a handful of strings for the process).
-    topic_labels: Vec<&'static str>,
     // Replaced as a whole after a fatal error: an idempotent producer that lost track of
     // its sequence (e.g. a broker that fences the epoch bump after timeouts) never
     // recovers, and librdkafka requires a new instance.
@@ -114,21 +112,10 @@ impl KafkaBus {
         kafka_metrics: Arc<KafkaMetrics>,
     ) -> Result<Arc<KafkaBus>, BusConfigError> {
         let producer = Self::create_producer(config, &kafka_metrics)?;
-        let topics = &config.topics;
-        let topic_labels = [
-            &topics.events,
-            &topics.commands,
-            &topics.command_results,
-            &topics.replies,
-        ]
-        .into_iter()
-        .map(|name| &*Box::leak(name.clone().into_boxed_str()))
-        .collect();
         Ok(Arc::new(KafkaBus {
             config: config.clone(),
             metrics,
             kafka_metrics,
-            topic_labels,
             producer: RwLock::new(Arc::new(producer)),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             connected: AtomicBool::new(false),
@@ -284,11 +271,6 @@ impl KafkaBus {
         m.connected.set(i64::from(self.readiness().is_ok()));
     }
 
-    /// The topic names as metric labels (leaked once, for the process's lifetime).
-    pub fn topic_labels(&self) -> &[&'static str] {
-        &self.topic_labels
-    }
-
     /// The Kafka configuration in force.
     pub fn config(&self) -> &KafkaConfig {
         &self.config
@@ -326,12 +308,7 @@ impl KafkaBus {
         content_type: &'static str,
         event_type: &'static str,
     ) -> Result<oneshot::Receiver<Result<(), SinkError>>, SinkError> {
-        let topic_label = self
-            .topic_labels
-            .iter()
-            .copied()
-            .find(|label| *label == topic)
-            .unwrap_or(crate::metrics::OTHER);
+        let topic_label = self.kafka_metrics.topics.label_of(topic);
         let started = std::time::Instant::now();
         let permit = self
             .in_flight
