@@ -5,7 +5,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use ocpp::Leniency;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
@@ -17,7 +17,7 @@ use crate::{
     http_server::{self, HttpLimits, HttpMetrics},
     kafka::{self, commands::CommandConsumer, metrics::KafkaMetrics, KafkaBus, KafkaSink},
     labels::HttpListener,
-    listener::{AddressLimit, OcppListener, SocketBudget},
+    listener::{OcppListener, SocketBudget},
     metrics::{server::Scrape, Metrics, MetricsRegistry},
     pipeline::{BackendAnswers, Pipeline, Publisher},
     registry::Registry,
@@ -150,21 +150,20 @@ impl Gateway {
             &config.events.durable_actions,
             backend,
         ));
-        let ocpp = Arc::new(OcppListener {
-            config: config.listener.clone(),
-            sessions: sessions.clone(),
-            lifecycle: lifecycle.clone(),
+        let sessions_context = Arc::new(SessionContext {
+            config: config.session.clone(),
+            handler: pipeline.clone(),
             metrics: metrics.clone(),
-            sessions_context: Arc::new(SessionContext {
-                config: config.session.clone(),
-                handler: pipeline.clone(),
-                metrics: metrics.clone(),
-                debug_traces: debug_traces.clone(),
-            }),
-            pipeline,
-            addresses: AddressLimit::new(config.listener.max_connections_per_address),
-            handshakes: Arc::new(Semaphore::new(config.listener.max_handshakes)),
+            debug_traces: debug_traces.clone(),
         });
+        let ocpp = Arc::new(OcppListener::new(
+            config.listener.clone(),
+            sessions.clone(),
+            lifecycle.clone(),
+            metrics.clone(),
+            pipeline,
+            sessions_context,
+        ));
         let commander = Arc::new(Commander::new(
             sessions.clone(),
             validator,

@@ -50,13 +50,55 @@ pub struct OcppListener {
     /// What every session shares.
     pub sessions_context: Arc<SessionContext<Pipeline>>,
     /// Sockets per source address.
-    pub addresses: AddressLimit,
+    addresses: AddressLimit,
     /// Places for handshakes in progress (`listener.max_handshakes`); a socket waits for
     /// one, within its handshake deadline.
-    pub handshakes: Arc<Semaphore>,
+    handshakes: Semaphore,
+    /// Who may connect, and with which version.
+    policy: HandshakePolicy,
+    /// The WebSocket limits of every connection.
+    ws_config: WebSocketConfig,
 }
 
 impl OcppListener {
+    /// The listener of `config`; its limits, handshake policy and WebSocket settings are
+    /// derived from it here, once.
+    pub fn new(
+        config: ListenerConfig,
+        sessions: Arc<Registry>,
+        lifecycle: Arc<Lifecycle>,
+        metrics: Arc<Metrics>,
+        pipeline: Arc<Pipeline>,
+        sessions_context: Arc<SessionContext<Pipeline>>,
+    ) -> OcppListener {
+        let policy = HandshakePolicy {
+            path_prefix: config.path_prefix.clone(),
+            supported: config.subprotocols.clone(),
+            fallback: config.fallback_subprotocol,
+            max_id_length: config.max_charge_point_id_length,
+        };
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config.read_buffer_size)
+            .write_buffer_size(0)
+            // Only a peer that does not read lets frames pile up here; past this bound a
+            // write fails and the session ends, instead of memory growing.
+            .max_write_buffer_size(config.max_message_size.max(1 << 20) * 2)
+            .max_message_size(Some(config.max_message_size))
+            .max_frame_size(Some(config.max_message_size));
+        OcppListener {
+            addresses: AddressLimit::new(config.max_connections_per_address),
+            handshakes: Semaphore::new(config.max_handshakes),
+            policy,
+            ws_config,
+            config,
+            sessions,
+            lifecycle,
+            metrics,
+            pipeline,
+            sessions_context,
+        }
+    }
+
     /// Accepts charge points on `listener` until `stop`; each connection is a task on
     /// `tasks`.
     pub async fn accept(
@@ -139,8 +181,8 @@ impl OcppListener {
 
     /// Whether the request comes from a charge point already connected here, which at
     /// capacity may still replace its own connection.
-    fn replaces_own_connection(&self, path: &str, policy: &HandshakePolicy) -> bool {
-        policy
+    fn replaces_own_connection(&self, path: &str) -> bool {
+        self.policy
             .charge_point_id(path)
             .is_ok_and(|id| self.sessions.get(&id).is_some())
     }
@@ -210,40 +252,25 @@ impl OcppListener {
         peer: SocketAddr,
     ) -> Option<(tokio_tungstenite::WebSocketStream<TcpStream>, Accepted)> {
         let _ = stream.set_nodelay(true);
-        let listener_config = &self.config;
-        let policy = HandshakePolicy {
-            path_prefix: listener_config.path_prefix.clone(),
-            supported: listener_config.subprotocols.clone(),
-            fallback: listener_config.fallback_subprotocol,
-            max_id_length: listener_config.max_charge_point_id_length,
-        };
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(listener_config.read_buffer_size)
-            .write_buffer_size(0)
-            // Only a peer that does not read lets frames pile up here; past this bound a
-            // write fails and the session ends, instead of memory growing.
-            .max_write_buffer_size(listener_config.max_message_size.max(1 << 20) * 2)
-            .max_message_size(Some(listener_config.max_message_size))
-            .max_frame_size(Some(listener_config.max_message_size));
         let decide = |request: &Request<()>| {
             if self.lifecycle.is_draining() {
                 Err(Refusal::ShuttingDown)
-            } else if self.sessions.len() >= listener_config.max_connections
-                && !self.replaces_own_connection(request.uri().path(), &policy)
+            } else if self.sessions.len() >= self.config.max_connections
+                && !self.replaces_own_connection(request.uri().path())
             {
                 Err(Refusal::AtCapacity)
             } else {
-                policy.negotiate(request)
+                self.policy.negotiate(request)
             }
         };
         // The deadline covers the wait for a handshake place too: a socket that gets none
         // in time is dropped like one that is too slow to shake hands.
-        let upgraded = tokio::time::timeout(listener_config.handshake_timeout, async {
+        let upgraded = tokio::time::timeout(self.config.handshake_timeout, async {
             let waiting = GaugeGuard::new(self.metrics.handshakes(HandshakeState::Waiting));
             let place = self.handshakes.acquire().await;
             drop(waiting);
             let _running = GaugeGuard::new(self.metrics.handshakes(HandshakeState::Running));
-            let upgraded = crate::upgrade::upgrade(stream, peer, ws_config, decide).await;
+            let upgraded = crate::upgrade::upgrade(stream, peer, self.ws_config, decide).await;
             drop(place);
             upgraded
         })
