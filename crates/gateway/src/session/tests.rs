@@ -141,6 +141,18 @@ async fn next_json(client: &mut WebSocketStream<DuplexStream>) -> Value {
     }
 }
 
+/// The close frame the session sends, past any other frame.
+async fn close_frame(
+    client: &mut WebSocketStream<DuplexStream>,
+) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    loop {
+        match client.next().await.expect("open").expect("frame") {
+            Message::Close(frame) => return frame.expect("close frame"),
+            _ => continue,
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn calls_are_processed_one_at_a_time_and_answered_in_order() {
     let mut h = start(settings(), 64 * 1024).await;
@@ -229,12 +241,7 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
 async fn a_close_request_sends_its_reasons_code() {
     let mut h = start(settings(), 64 * 1024).await;
     h.handle.close(DisconnectReason::DisconnectedByOperator);
-    let close = loop {
-        match h.client.next().await.expect("open").expect("frame") {
-            Message::Close(frame) => break frame.expect("close frame"),
-            _ => continue,
-        }
-    };
+    let close = close_frame(&mut h.client).await;
     assert_eq!(u16::from(close.code), 1000);
     assert_eq!(close.reason.as_str(), "disconnected_by_operator");
     let ended = h.session.await.unwrap();
@@ -246,12 +253,7 @@ async fn a_close_request_sends_its_reasons_code() {
 async fn a_binary_frame_is_closed_with_1003() {
     let mut h = start(settings(), 64 * 1024).await;
     h.client.send(Message::binary(vec![1, 2, 3])).await.unwrap();
-    let close = loop {
-        match h.client.next().await.expect("open").expect("frame") {
-            Message::Close(frame) => break frame.expect("close frame"),
-            _ => continue,
-        }
-    };
+    let close = close_frame(&mut h.client).await;
     assert_eq!(u16::from(close.code), 1003);
     assert_eq!(
         h.session.await.unwrap().reason,
@@ -269,12 +271,7 @@ async fn repeated_bad_frames_close_with_1008() {
     for _ in 0..3 {
         h.client.send(Message::text("not json")).await.unwrap();
     }
-    let close = loop {
-        match h.client.next().await.expect("open").expect("frame") {
-            Message::Close(frame) => break frame.expect("close frame"),
-            _ => continue,
-        }
-    };
+    let close = close_frame(&mut h.client).await;
     assert_eq!(u16::from(close.code), 1008);
     assert_eq!(
         h.session.await.unwrap().reason,
