@@ -32,7 +32,7 @@ fn without_total(names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
 async fn metrics_doc_matches_the_registry() {
     let gw = TestGateway::start().await;
     let registered = without_total(gw.probe.metric_names().iter().map(|n| n.to_string()));
-    // Without Kafka the Kafka families are absent; tests/kafka.rs checks them with Kafka on.
+    // Without Kafka the Kafka families are absent; kafka.rs checks them with Kafka on.
     let documented: BTreeSet<String> = without_total(documented_metrics())
         .into_iter()
         .filter(|name| !name.starts_with("ocppgw_kafka_") && name != "ocppgw_commands_consumed")
