@@ -13,6 +13,7 @@ OPERATIONS = REPO_ROOT / "docs" / "operations.md"
 EXPECTED_ALERTS = {
     "MassDisconnect",
     "RefusedConnectionSpike",
+    "AuthFailureSpike",
     "KafkaProduceFailures",
     "KafkaProducerQueueHigh",
     "KafkaBrokerDown",

@@ -40,6 +40,18 @@ pub struct Cli {
     /// This instance's name in events and logs (node_id).
     #[arg(long, value_name = "NAME")]
     pub node_id: Option<String>,
+    /// A tool to run instead of the gateway.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools the binary runs instead of the gateway.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Reads a charge point password from standard input (one line) and prints its
+    /// argon2id hash, for `password_hash` in the credentials file or `passwordHash` in
+    /// the admin API. The password is never echoed or logged.
+    HashPassword,
 }
 
 /// `--events` values.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{cli::Cli, config_check::InvalidOption};
 
 pub use crate::admin::config::AdminConfig;
+pub use crate::auth::config::{AuthConfig, UnknownChargePoints};
 pub use crate::backend::config::{BackendConfig, ReplyFallback};
 pub use crate::kafka::config::{KafkaConfig, TopicsConfig};
 pub use crate::listener::config::ListenerConfig;
@@ -38,6 +39,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
     "kafka",
     "backend",
+    "auth",
 ];
 
 /// The whole gateway configuration.
@@ -68,6 +70,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Actions answered by the backend through Kafka.
     pub backend: BackendConfig,
+    /// Charge point authentication (security profiles, credentials).
+    pub auth: AuthConfig,
 }
 
 /// Graceful shutdown.
@@ -105,6 +109,7 @@ impl Default for Config {
             log: LogConfig::default(),
             kafka: KafkaConfig::default(),
             backend: BackendConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -192,6 +197,7 @@ impl Config {
         self.backend.validate()?;
         self.admin.validate()?;
         self.metrics.validate()?;
+        self.auth.validate()?;
         if !(1..=i32::MAX as u64).contains(&self.responder.heartbeat_interval.as_secs()) {
             return invalid(
                 "responder.heartbeat_interval",
@@ -220,6 +226,22 @@ impl Config {
 mod tests {
     use super::*;
     use ocpp::OcppVersion;
+
+    #[test]
+    fn the_example_file_states_exactly_the_defaults() {
+        // Read with figment's own TOML provider alone, so that no CPGW_ variable of the
+        // environment running the test can change what it says.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/gateway.example.toml");
+        let example: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file_exact(path))
+            .extract()
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&example).unwrap(),
+            serde_json::to_value(Config::default()).unwrap(),
+            "config/gateway.example.toml and the defaults disagree"
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -1,7 +1,7 @@
 //! Event records: CloudEvents 1.0 (structured JSON mode) describing what charge points
 //! say and when they connect or disconnect. See docs/events.md.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use chrono::{DateTime, Utc};
 use ocpp::{MessageType, OcppVersion};
@@ -16,6 +16,8 @@ pub const CONNECTION_OPENED: &str = "chargepointgateway.connection.opened";
 pub const CONNECTION_CLOSED: &str = "chargepointgateway.connection.closed";
 /// CloudEvents `type` of a command's result.
 pub const COMMAND_RESULT: &str = "chargepointgateway.command.result";
+/// What the CloudEvents `type` of every security event starts with (the kind follows).
+pub const SECURITY_PREFIX: &str = "chargepointgateway.security.";
 
 /// One event record, serialised as a CloudEvents 1.0 JSON object.
 #[derive(Debug, Serialize)]
@@ -51,6 +53,8 @@ pub enum EventData {
     Closed(ClosedData),
     /// The result of a backend command.
     CommandResult(Box<CommandResult>),
+    /// A security event (`chargepointgateway.security.*`).
+    Security(SecurityData),
 }
 
 /// An OCPP message received from a charge point.
@@ -143,6 +147,25 @@ pub struct CommandResult {
     /// When the outcome was known.
     pub completed_at: DateTime<Utc>,
     /// The gateway instance that handled it.
+    pub gateway_node: String,
+}
+
+/// The `data` of a security event (`chargepointgateway.security.*`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityData {
+    /// The kind, as in the event's type.
+    pub kind: &'static str,
+    /// The authentication result (`auth_failed`, `downgrade_attempt`, `limit_hit`), or
+    /// the rotation's outcome.
+    pub result: &'static str,
+    /// The profile the charge point's record requires, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_profile: Option<u8>,
+    /// The client's address (for a rotation: absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<IpAddr>,
+    /// The gateway instance.
     pub gateway_node: String,
 }
 

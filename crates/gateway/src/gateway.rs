@@ -11,6 +11,10 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, AdminState},
+    auth::{
+        events::SecurityEvents, metrics::AuthMetrics, store::FileStore, Authenticator,
+        CredentialStore,
+    },
     backend::{Commander, ReplyRouter},
     config::{Config, EventOutput},
     health::{Health, Lifecycle},
@@ -59,6 +63,8 @@ pub struct Gateway {
     admin_listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     ocpp_sockets: SocketBudget,
+    credentials: Option<Arc<FileStore>>,
+    auth_metrics: AuthMetrics,
 }
 
 /// Why the gateway could not start.
@@ -83,6 +89,9 @@ pub enum StartError {
     /// The Kafka client rejected its configuration.
     #[error(transparent)]
     Kafka(#[from] crate::kafka::BusConfigError),
+    /// The credentials file could not be read, or holds an invalid record.
+    #[error("cannot load the credentials (auth.credentials_file): {0}")]
+    Credentials(#[from] crate::auth::store::StoreError),
 }
 
 /// Where events go, chosen by the configuration.
@@ -156,6 +165,31 @@ impl Gateway {
             metrics: metrics.clone(),
             debug_traces: debug_traces.clone(),
         });
+        let auth_metrics = AuthMetrics::register(&mut registry);
+        let credentials = match &config.auth.credentials_file {
+            Some(path) => Some(Arc::new(FileStore::open(
+                path,
+                config.listener.max_charge_point_id_length,
+            )?)),
+            None => None,
+        };
+        let security_events = SecurityEvents::new(
+            Some(Arc::new(Publisher::new(
+                config.node_id.clone(),
+                events.sink.clone(),
+                ring.clone(),
+            ))),
+            config.auth.max_security_events_per_second,
+            auth_metrics.clone(),
+        );
+        let auth = Arc::new(Authenticator::new(
+            credentials
+                .clone()
+                .map(|store| store as Arc<dyn CredentialStore>),
+            config.auth.clone(),
+            auth_metrics.clone(),
+            security_events,
+        ));
         let ocpp = Arc::new(OcppListener::new(
             config.listener.clone(),
             sessions.clone(),
@@ -163,6 +197,7 @@ impl Gateway {
             metrics.clone(),
             pipeline,
             sessions_context,
+            auth.clone(),
         ));
         let commander = Arc::new(Commander::new(
             sessions.clone(),
@@ -185,6 +220,7 @@ impl Gateway {
             metrics: metrics.clone(),
             api_token: config.admin.api_token.clone(),
             max_charge_point_id_length: config.listener.max_charge_point_id_length,
+            auth: auth.clone(),
         });
         let scrape = {
             let metrics = metrics.clone();
@@ -215,6 +251,8 @@ impl Gateway {
             admin_listener,
             metrics_listener,
             ocpp_sockets,
+            credentials,
+            auth_metrics,
         })
     }
 
@@ -345,6 +383,8 @@ impl Gateway {
             admin_listener,
             metrics_listener,
             ocpp_sockets,
+            credentials,
+            auth_metrics,
         } = self;
         info!(address = %ocpp_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ocpp listener bound");
         info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener bound");
@@ -399,6 +439,19 @@ impl Gateway {
             sessions.clone(),
             stop_accepting.clone(),
         ));
+        match credentials {
+            Some(store) => {
+                auth_metrics.records(store.len());
+                info!(file = %store.path().display(), records = store.len(), "charge point credentials loaded");
+                background.spawn(crate::auth::reload::watch(
+                    store,
+                    config.auth.reload_interval,
+                    auth_metrics,
+                    stop_http.clone(),
+                ));
+            }
+            None => warn!("no auth.credentials_file: charge points are not authenticated (security profile 0); anyone who knows a charge point id can connect as it"),
+        }
         let mut command_task = None;
         if let Some(bus) = &bus {
             background.spawn(bus.clone().monitor(stop_bus.clone()));

@@ -98,6 +98,17 @@ pub enum Refusal {
     /// The gateway is shutting down.
     #[error("gateway shutting down")]
     ShuttingDown,
+    /// Authentication failed. One answer for every reason (unknown id, wrong password,
+    /// missing credentials, a profile this listener cannot give), so that a client learns
+    /// nothing about which ids exist; `ocppgw_auth_results_total` tells them apart.
+    #[error("authentication failed")]
+    Unauthorized,
+    /// Refused unchecked while this id or address backs off after failed attempts.
+    #[error("too many failed authentication attempts; retry after {retry_after_seconds} s")]
+    AuthBackoff {
+        /// Whole seconds until an attempt is checked again (at least 1).
+        retry_after_seconds: u64,
+    },
 }
 
 impl Refusal {
@@ -115,6 +126,8 @@ impl Refusal {
                 StatusCode::BAD_REQUEST
             }
             Refusal::AtCapacity | Refusal::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::AuthBackoff { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -132,6 +145,8 @@ impl Refusal {
             Refusal::UnsupportedSubprotocol { .. } => ConnectionAttempt::UnsupportedSubprotocol,
             Refusal::AtCapacity => ConnectionAttempt::AtCapacity,
             Refusal::ShuttingDown => ConnectionAttempt::ShuttingDown,
+            Refusal::Unauthorized => ConnectionAttempt::Unauthorized,
+            Refusal::AuthBackoff { .. } => ConnectionAttempt::AuthBackoff,
         }
     }
 
@@ -155,6 +170,21 @@ impl Refusal {
             }
             Refusal::MethodNotAllowed => {
                 headers.insert(http::header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            // RFC 7235 4.1 and RFC 7617 2.1: the scheme and realm to authenticate with.
+            Refusal::Unauthorized => {
+                headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"OCPP\", charset=\"UTF-8\""),
+                );
+            }
+            Refusal::AuthBackoff {
+                retry_after_seconds,
+            } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(*retry_after_seconds),
+                );
             }
             // RFC 7231 6.5.15: a 426 names the protocol to upgrade to.
             Refusal::NotWebSocket => {
@@ -526,6 +556,22 @@ mod tests {
         assert!(plain.contains("upgrade: websocket\r\n"), "{plain}");
         let method = String::from_utf8(Refusal::MethodNotAllowed.to_http_bytes()).unwrap();
         assert!(method.contains("allow: GET\r\n"), "{method}");
+        let unauthorized = String::from_utf8(Refusal::Unauthorized.to_http_bytes()).unwrap();
+        assert!(
+            unauthorized.starts_with("HTTP/1.1 401 Unauthorized\r\n")
+                && unauthorized
+                    .contains("www-authenticate: Basic realm=\"OCPP\", charset=\"UTF-8\"\r\n"),
+            "{unauthorized}"
+        );
+        let backoff = Refusal::AuthBackoff {
+            retry_after_seconds: 7,
+        };
+        let backoff = String::from_utf8(backoff.to_http_bytes()).unwrap();
+        assert!(
+            backoff.starts_with("HTTP/1.1 429 Too Many Requests\r\n")
+                && backoff.contains("retry-after: 7\r\n"),
+            "{backoff}"
+        );
         let body = Refusal::AtCapacity.to_http_bytes();
         let text = String::from_utf8(body).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();

@@ -111,6 +111,11 @@ closed_set! {
         AddressLimit => "address_limit",
         /// Refused during shutdown.
         ShuttingDown => "shutting_down",
+        /// Refused by authentication (`401`): see `ocppgw_auth_results_total` for why.
+        Unauthorized => "unauthorized",
+        /// Refused without checking credentials, while its id or address backs off after
+        /// failed attempts (`429`).
+        AuthBackoff => "auth_backoff",
         /// The connection failed during the handshake.
         HandshakeFailed => "handshake_failed",
         /// The handshake did not complete within `listener.handshake_timeout`.
@@ -223,6 +228,81 @@ closed_set! {
     }
 }
 
+closed_set! {
+    /// An OCPP security profile (OCPP 1.6 security whitepaper; 2.0.1 Part 2, A00): the
+    /// `profile` of `ocppgw_auth_results_total`. Declared in profile order, so that
+    /// `profile as u8` is the profile's number.
+    SecurityProfile {
+        /// Profile 0: no authentication (a lab, or a network that is trusted as a whole).
+        Unsecured => "0",
+        /// Profile 1: HTTP Basic authentication, without TLS.
+        BasicAuth => "1",
+        /// Profile 2: TLS, and HTTP Basic authentication.
+        TlsBasicAuth => "2",
+        /// Profile 3: TLS with a client certificate.
+        TlsClientCertificate => "3",
+    }
+}
+
+closed_set! {
+    /// How a charge point's authentication ended: `ocppgw_auth_results_total{result}`.
+    /// Every failure gets the same answer (`401`); only this label tells them apart.
+    AuthResult {
+        /// Authenticated, or no authentication required (profile 0).
+        Accepted => "accepted",
+        /// No record for the id, and unknown ids are refused.
+        UnknownChargePoint => "no_record",
+        /// No `Authorization` header where the profile needs one.
+        MissingCredentials => "missing_credentials",
+        /// An `Authorization` header that is not Basic credentials.
+        MalformedCredentials => "malformed_credentials",
+        /// The Basic user-id is not the charge point id of the URL.
+        UsernameMismatch => "username_mismatch",
+        /// The password is not the charge point's.
+        WrongPassword => "wrong_password",
+        /// The record requires a profile this listener cannot give (a downgrade attempt).
+        ProfileNotOffered => "profile_not_offered",
+        /// Refused unchecked, while the id or address backs off after failures.
+        Backoff => "backoff",
+    }
+}
+
+closed_set! {
+    /// The kinds of security event: the CloudEvents type
+    /// `chargepointgateway.security.{kind}` and `ocppgw_security_events_total{kind}`.
+    SecurityEventKind {
+        /// A charge point failed authentication.
+        AuthFailed => "auth_failed",
+        /// A charge point asked for a weaker profile than its record requires.
+        DowngradeAttempt => "downgrade_attempt",
+        /// A connection was refused by a limit (auth-failure backoff).
+        LimitHit => "limit_hit",
+        /// A charge point's password was rotated.
+        CredentialsRotated => "credentials_rotated",
+    }
+}
+
+impl SecurityProfile {
+    /// Whether the profile authenticates with a password (1 and 2).
+    pub fn uses_password(self) -> bool {
+        matches!(
+            self,
+            SecurityProfile::BasicAuth | SecurityProfile::TlsBasicAuth
+        )
+    }
+}
+
+impl TryFrom<u8> for SecurityProfile {
+    type Error = u8;
+
+    fn try_from(number: u8) -> Result<SecurityProfile, u8> {
+        SecurityProfile::ALL
+            .get(usize::from(number))
+            .copied()
+            .ok_or(number)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +324,19 @@ mod tests {
         unique(CallDirection::ALL, CallDirection::as_str);
         unique(CallEnd::ALL, CallEnd::as_str);
         unique(HandshakeState::ALL, HandshakeState::as_str);
+        unique(SecurityProfile::ALL, SecurityProfile::as_str);
+        unique(AuthResult::ALL, AuthResult::as_str);
+        unique(SecurityEventKind::ALL, SecurityEventKind::as_str);
+    }
+
+    #[test]
+    fn a_profile_is_its_number() {
+        for number in 0..=3u8 {
+            let profile = SecurityProfile::try_from(number).unwrap();
+            assert_eq!(profile as u8, number);
+            assert_eq!(profile.as_str(), number.to_string());
+        }
+        assert_eq!(SecurityProfile::try_from(4), Err(4));
     }
 
     #[test]

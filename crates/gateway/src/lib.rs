@@ -5,6 +5,7 @@
 //! The binary is a thin shell over [`Gateway`]: [`Gateway::bind`] then [`Gateway::run`].
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod responder;
 pub mod session;
 pub mod sink;
 pub mod telemetry;
+pub mod token_bucket;
 pub mod upgrade;
 pub mod validation;
 

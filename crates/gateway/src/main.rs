@@ -3,7 +3,11 @@
 
 use std::process::ExitCode;
 
-use charge_point_gateway::{cli::Cli, telemetry, Config, Gateway};
+use charge_point_gateway::{
+    auth::password::{PasswordHashString, ANY_VERSION_LENGTHS},
+    cli::{Cli, Command},
+    telemetry, Config, Gateway,
+};
 use clap::Parser;
 
 /// mimalloc instead of the system allocator: per-message work is allocation-heavy (parsed
@@ -15,6 +19,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        return hash_password();
+    }
     let config = match Config::load(&cli) {
         Ok(config) => config,
         Err(e) => {
@@ -33,6 +40,37 @@ async fn main() -> ExitCode {
     };
     gateway.run(shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// `hash-password`: one line from standard input to an argon2id PHC string on standard
+/// output.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("charge-point-gateway: cannot read the password: {e}");
+        return ExitCode::from(1);
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if !ANY_VERSION_LENGTHS.contains(&password.len()) {
+        eprintln!(
+            "charge-point-gateway: a charge point password is {} to {} bytes (OCPP 1.6: 16 to 20, 2.x: 16 to 40); this one is {}",
+            ANY_VERSION_LENGTHS.start(),
+            ANY_VERSION_LENGTHS.end(),
+            password.len()
+        );
+        return ExitCode::from(2);
+    }
+    match PasswordHashString::hash(password.as_bytes()) {
+        Ok(hash) => {
+            println!("{}", hash.as_str());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("charge-point-gateway: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

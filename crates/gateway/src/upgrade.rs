@@ -4,7 +4,7 @@
 //! What is decided lives in [`crate::handshake`]; this module only does the I/O, all of it
 //! within the listener's handshake deadline.
 
-use std::net::SocketAddr;
+use std::{future::Future, net::SocketAddr};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -33,17 +33,25 @@ pub enum UpgradeError {
 
 /// Reads the request head and upgrades the connection when `decide` accepts the request.
 ///
-/// `decide` sees a request that is already known to be a valid WebSocket upgrade. The
-/// caller bounds the whole exchange in time.
-pub async fn upgrade(
+/// `decide` sees a request that is already known to be a valid WebSocket upgrade, and may
+/// take its time (authentication hashes a password). The caller bounds the whole exchange
+/// in time.
+pub async fn upgrade<Decision>(
     mut stream: TcpStream,
     peer: SocketAddr,
     config: WebSocketConfig,
-    decide: impl FnOnce(&http::Request<()>) -> Result<Accepted, Refusal>,
-) -> Result<(WebSocketStream<TcpStream>, Accepted), UpgradeError> {
+    decide: impl FnOnce(http::Request<()>) -> Decision,
+) -> Result<(WebSocketStream<TcpStream>, Accepted), UpgradeError>
+where
+    Decision: Future<Output = Result<Accepted, Refusal>>,
+{
     let decided = match read_request_head(&mut stream).await {
-        Ok((request, rest)) => check_websocket_upgrade(&request)
-            .and_then(|accept_key| Ok((decide(&request)?, accept_key, rest))),
+        Ok((request, rest)) => match check_websocket_upgrade(&request) {
+            Ok(accept_key) => decide(request)
+                .await
+                .map(|accepted| (accepted, accept_key, rest)),
+            Err(refusal) => Err(refusal),
+        },
         Err(UpgradeError::Refused(refusal)) => Err(refusal),
         Err(e) => return Err(e),
     };

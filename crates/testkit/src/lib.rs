@@ -158,6 +158,73 @@ impl TestGateway {
         connect_url(&self.url(id), protocols).await
     }
 
+    /// Connects as `id` (OCPP 1.6) with HTTP Basic credentials `username:password`:
+    /// the client, or the refusal's status and headers.
+    pub async fn connect_basic(
+        &self,
+        id: &str,
+        username: &str,
+        password: &[u8],
+    ) -> Result<Cp, (http::StatusCode, http::HeaderMap)> {
+        self.connect_with_authorization(
+            id,
+            "ocpp1.6",
+            Some(basic_authorization(username, password)),
+        )
+        .await
+    }
+
+    /// Connects as `id` offering `protocol`, with an `Authorization` header when given.
+    pub async fn connect_with_authorization(
+        &self,
+        id: &str,
+        protocol: &str,
+        authorization: Option<String>,
+    ) -> Result<Cp, (http::StatusCode, http::HeaderMap)> {
+        let mut request = self.url(id).into_client_request().unwrap();
+        request.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            protocol.parse().unwrap(),
+        );
+        if let Some(authorization) = authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
+        }
+        match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(request)).await {
+            Err(_) => panic!("handshake timed out"),
+            Ok(Ok((ws, _))) => Ok(Cp { ws }),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                Err((response.status(), response.headers().clone()))
+            }
+            Ok(Err(e)) => panic!("unexpected handshake error: {e}"),
+        }
+    }
+
+    /// A request on the admin API: the status and the JSON body (`null` when empty).
+    pub async fn admin_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("http://{}{}", self.admin, path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        (status, body)
+    }
+
     /// `GET` on the admin API: the status and the JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
@@ -289,6 +356,15 @@ pub fn init_test_logging() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// The `Authorization` value of HTTP Basic credentials.
+pub fn basic_authorization(username: &str, password: &[u8]) -> String {
+    charge_point_gateway::auth::basic::BasicCredentials {
+        username: username.to_owned(),
+        password: password.to_vec(),
+    }
+    .to_header_value()
 }
 
 /// Connects to `url` offering `protocols`: the client and the negotiated subprotocol,

@@ -4,6 +4,7 @@
 //! docs/admin-api.md.
 
 pub mod config;
+mod credentials;
 
 use std::{sync::Arc, time::Duration};
 
@@ -50,6 +51,8 @@ pub struct AdminState {
     pub api_token: Option<String>,
     /// `listener.max_charge_point_id_length`: longer ids can never connect.
     pub max_charge_point_id_length: usize,
+    /// Charge point authentication and its credential store.
+    pub auth: Arc<crate::auth::Authenticator>,
 }
 
 /// The admin API's routes.
@@ -61,6 +64,16 @@ pub fn router(admin: Arc<AdminState>) -> Router {
             get(get_connection).delete(disconnect),
         )
         .route("/api/v1/charge-points/{id}/commands", post(send_command))
+        .route(
+            "/api/v1/charge-points/{id}/credentials",
+            get(credentials::get_credentials)
+                .put(credentials::put_credentials)
+                .delete(credentials::delete_credentials),
+        )
+        .route(
+            "/api/v1/charge-points/{id}/credentials/rotate",
+            post(credentials::rotate_credentials),
+        )
         .route("/api/v1/events", get(recent_events))
         .route("/api/v1/log-level", get(get_log_level).put(put_log_level))
         .route("/api/v1/debug-traces", get(list_debug_traces))
@@ -118,7 +131,7 @@ fn bearer_credentials(value: &str) -> Option<&str> {
 
 /// Compares without leaking, through timing, how much of the token matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

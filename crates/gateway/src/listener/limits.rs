@@ -2,8 +2,9 @@
 //!
 //! - [`SocketBudget`]: charge point sockets within the process's open-file limit;
 //! - [`AddressLimit`]: sockets per source address;
-//! - [`AcceptRate`]: new sockets per second, for the whole listener, by waiting (the
-//!   kernel's accept backlog holds the rest) rather than refusing.
+//! - the accept rate, new sockets per second for the whole listener, is a
+//!   [`crate::token_bucket::TokenBucket`] that the accept loop waits on (the kernel's accept
+//!   backlog holds the rest) rather than refusing.
 //!
 //! The cap on handshakes in progress is a semaphore in the listener itself.
 
@@ -14,11 +15,9 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
 };
 
 use parking_lot::Mutex;
-use tokio::time::Instant;
 use tracing::warn;
 
 /// Open files the process needs besides sockets: the events file, log output, Kafka's
@@ -140,44 +139,6 @@ impl Drop for AddressSlot {
     }
 }
 
-/// A token bucket over accepted sockets: `rate` per second on average, bursts of up to
-/// one second's worth. `0` accepts without waiting.
-#[derive(Debug)]
-pub struct AcceptRate {
-    per_second: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl AcceptRate {
-    /// `per_second` sockets per second (`0`: no limit), starting with a full bucket.
-    pub fn new(per_second: u32) -> AcceptRate {
-        AcceptRate {
-            per_second: f64::from(per_second),
-            tokens: f64::from(per_second),
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Takes a token for one socket: how long to wait first (zero when one is there).
-    pub fn wait_for_one(&mut self) -> Duration {
-        if self.per_second == 0.0 {
-            return Duration::ZERO;
-        }
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
-        self.refilled = now;
-        self.tokens -= 1.0;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            // The debt is paid by the refill during the wait.
-            Duration::from_secs_f64(-self.tokens / self.per_second)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,32 +178,5 @@ mod tests {
         assert_eq!(limit.addresses(), 1);
         drop(slots);
         assert_eq!(limit.addresses(), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_accept_rate_lets_a_burst_through_then_spaces_sockets_out() {
-        let mut rate = AcceptRate::new(10);
-        for _ in 0..10 {
-            assert_eq!(rate.wait_for_one(), Duration::ZERO);
-        }
-        assert_eq!(rate.wait_for_one(), Duration::from_millis(100));
-        assert_eq!(rate.wait_for_one(), Duration::from_millis(200));
-        tokio::time::advance(Duration::from_millis(200)).await;
-        // The two waits above took the tokens of these 200 ms.
-        assert_eq!(rate.wait_for_one(), Duration::from_millis(100));
-        tokio::time::advance(Duration::from_secs(10)).await;
-        // A long pause refills one second's worth, no more.
-        for _ in 0..10 {
-            assert_eq!(rate.wait_for_one(), Duration::ZERO);
-        }
-        assert!(rate.wait_for_one() > Duration::ZERO);
-    }
-
-    #[test]
-    fn no_rate_never_waits() {
-        let mut rate = AcceptRate::new(0);
-        for _ in 0..1000 {
-            assert_eq!(rate.wait_for_one(), Duration::ZERO);
-        }
     }
 }

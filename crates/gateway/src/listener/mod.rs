@@ -15,16 +15,20 @@ use tokio::{
     time::Instant,
 };
 use tokio_tungstenite::{
-    tungstenite::{http::Request, protocol::WebSocketConfig},
+    tungstenite::{
+        http::{self, Request},
+        protocol::WebSocketConfig,
+    },
     WebSocketStream,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, info_span, Instrument};
 
 pub use self::config::ListenerConfig;
-pub use self::limits::{AcceptRate, AddressLimit, SocketBudget};
+pub use self::limits::{AddressLimit, SocketBudget};
 
 use crate::{
+    auth::{Attempt, Authenticator, Denied, Transport},
     handshake::{Accepted, HandshakePolicy, Refusal},
     health::Lifecycle,
     labels::{ConnectionAttempt, DisconnectReason, HandshakeState},
@@ -32,6 +36,7 @@ use crate::{
     pipeline::Pipeline,
     registry::Registry,
     session::{self, ConnectionInfo, SessionContext, SessionEnd, SessionHandle},
+    token_bucket::TokenBucket,
     upgrade::UpgradeError,
 };
 
@@ -49,6 +54,8 @@ pub struct OcppListener {
     pub pipeline: Arc<Pipeline>,
     /// What every session shares.
     pub sessions_context: Arc<SessionContext<Pipeline>>,
+    /// Who may connect as which charge point.
+    auth: Arc<Authenticator>,
     /// Sockets per source address.
     addresses: AddressLimit,
     /// Places for handshakes in progress (`listener.max_handshakes`); a socket waits for
@@ -70,6 +77,7 @@ impl OcppListener {
         metrics: Arc<Metrics>,
         pipeline: Arc<Pipeline>,
         sessions_context: Arc<SessionContext<Pipeline>>,
+        auth: Arc<Authenticator>,
     ) -> OcppListener {
         let policy = HandshakePolicy {
             path_prefix: config.path_prefix.clone(),
@@ -96,6 +104,7 @@ impl OcppListener {
             metrics,
             pipeline,
             sessions_context,
+            auth,
         }
     }
 
@@ -108,7 +117,7 @@ impl OcppListener {
         tasks: TaskTracker,
         stop: CancellationToken,
     ) {
-        let mut rate = AcceptRate::new(self.config.accept_rate);
+        let mut rate = TokenBucket::new(self.config.accept_rate);
         loop {
             // Over the accept rate, sockets wait in the kernel's accept queue: a storm is
             // spread out instead of refused.
@@ -252,15 +261,38 @@ impl OcppListener {
         peer: SocketAddr,
     ) -> Option<(tokio_tungstenite::WebSocketStream<TcpStream>, Accepted)> {
         let _ = stream.set_nodelay(true);
-        let decide = |request: &Request<()>| {
-            if self.lifecycle.is_draining() {
+        // The cheap refusals first; authentication, which may hash a password, last.
+        let decide = |request: Request<()>| async move {
+            let accepted = if self.lifecycle.is_draining() {
                 Err(Refusal::ShuttingDown)
             } else if self.sessions.len() >= self.config.max_connections
                 && !self.replaces_own_connection(request.uri().path())
             {
                 Err(Refusal::AtCapacity)
             } else {
-                self.policy.negotiate(request)
+                self.policy.negotiate(&request)
+            }?;
+            let authorization: Vec<&[u8]> = request
+                .headers()
+                .get_all(http::header::AUTHORIZATION)
+                .iter()
+                .map(|value| value.as_bytes())
+                .collect();
+            let attempt = Attempt {
+                charge_point_id: &accepted.charge_point_id,
+                authorization: &authorization,
+                address: peer.ip(),
+                transport: Transport::Plain,
+            };
+            match self.auth.authenticate(attempt).await {
+                Ok(_profile) => Ok(accepted),
+                Err(Denied {
+                    retry_after: Some(wait),
+                    ..
+                }) => Err(Refusal::AuthBackoff {
+                    retry_after_seconds: wait.as_secs_f64().ceil().max(1.0) as u64,
+                }),
+                Err(Denied { .. }) => Err(Refusal::Unauthorized),
             }
         };
         // The deadline covers the wait for a handshake place too: a socket that gets none

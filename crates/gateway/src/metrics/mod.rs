@@ -89,6 +89,7 @@ labels!(TopicLabels { topic });
 labels!(BuildLabels { version });
 labels!(ListenerLabels { listener });
 labels!(StateLabels { state });
+labels!(ProfileResultLabels { profile, result });
 
 /// Labels of per-broker Kafka metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

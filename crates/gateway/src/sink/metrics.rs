@@ -3,16 +3,20 @@
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
 use crate::{
-    event::{COMMAND_RESULT, CONNECTION_CLOSED, CONNECTION_OPENED, MESSAGE_RECEIVED},
+    event::{
+        COMMAND_RESULT, CONNECTION_CLOSED, CONNECTION_OPENED, MESSAGE_RECEIVED, SECURITY_PREFIX,
+    },
     metrics::{EventLabels, MetricsRegistry},
 };
 
-/// Every CloudEvents type the gateway publishes, with its `event_type` label.
-const EVENT_TYPES: [(&str, &str); 4] = [
+/// Every CloudEvents type the gateway publishes, with its `event_type` label; security
+/// events (`chargepointgateway.security.*`, one type per kind) share one label.
+const EVENT_TYPES: [(&str, &str); 5] = [
     (MESSAGE_RECEIVED, "message_received"),
     (CONNECTION_OPENED, "connection_opened"),
     (CONNECTION_CLOSED, "connection_closed"),
     (COMMAND_RESULT, "command_result"),
+    (SECURITY_PREFIX, "security"),
 ];
 
 /// What the sinks count.
@@ -45,7 +49,7 @@ impl SinkMetrics {
     pub fn published(&self, event_type: &str, ok: bool) {
         let event_type = EVENT_TYPES
             .iter()
-            .find(|(cloud_event_type, _)| *cloud_event_type == event_type)
+            .find(|(cloud_event_type, _)| event_type.starts_with(cloud_event_type))
             .map_or("command_result", |(_, label)| label);
         let outcome = if ok { "ok" } else { "error" };
         self.published

@@ -5,6 +5,8 @@
 //!
 //! Run one area with `cargo test -p charge-point-gateway --test integration kafka::`.
 
+mod auth;
+mod auth_properties;
 mod commands;
 mod handshake;
 mod handshake_properties;

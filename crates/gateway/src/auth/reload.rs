@@ -1,0 +1,75 @@
+//! Reading the credentials file again when someone else changes it: checked every
+//! `auth.reload_interval`, and at once on SIGHUP. Open connections are not touched; a
+//! file that does not parse leaves the records as they were.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::{metrics::AuthMetrics, store::FileStore, CredentialStore};
+
+/// Watches `store`'s file until `stop`.
+pub async fn watch(
+    store: Arc<FileStore>,
+    interval: Duration,
+    metrics: AuthMetrics,
+    stop: CancellationToken,
+) {
+    let mut hangup = hangup_signals();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+            _ = next_hangup(&mut hangup) => info!("SIGHUP: reading the credentials file again"),
+        }
+        let reading = store.clone();
+        let reloaded = tokio::task::spawn_blocking(move || reading.reload()).await;
+        match reloaded {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => {
+                metrics.reloaded(true, store.len());
+                info!(file = %store.path().display(), records = store.len(), "credentials file read again after a change");
+            }
+            Ok(Err(e)) => {
+                metrics.reloaded(false, store.len());
+                crate::error_limited!(error = %e, "credentials file changed but cannot be used; the previous records stay in force");
+            }
+            Err(e) => error!(error = %e, "credentials reload failed"),
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signals() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signals() -> Hangup {}
+
+#[cfg(unix)]
+async fn next_hangup(hangup: &mut Hangup) {
+    match hangup {
+        Some(signal) => {
+            if signal.recv().await.is_none() {
+                // The signal stream ended: no more SIGHUPs, and no busy loop either.
+                *hangup = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangup) {
+    std::future::pending().await
+}
