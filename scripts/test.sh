@@ -36,6 +36,9 @@ sha256_of() {
     fi
 }
 
+section "[0/7] build dependencies from Debian: scripts/build-deps.sh"
+bash "$ROOT/scripts/build-deps.sh"
+
 section "[1/7] Kafka-protocol broker for the Kafka tests (tansu 0.6.0)"
 # A real broker process, built once per machine (about 10 minutes on 2 cores);
 # `cargo install` skips the build when this version is already installed.

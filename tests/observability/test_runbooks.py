@@ -14,6 +14,7 @@ EXPECTED_ALERTS = {
     "MassDisconnect",
     "RefusedConnectionSpike",
     "AuthFailureSpike",
+    "TlsCertificateExpiringSoon",
     "KafkaProduceFailures",
     "KafkaProducerQueueHigh",
     "KafkaBrokerDown",

@@ -16,6 +16,8 @@ DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "charge-point-gateway"
 
 STARTUP_TIMEOUT_S = 30.0
 LISTENERS = ("ocpp", "admin", "metrics")
+# Bound only when TLS is configured.
+OPTIONAL_LISTENERS = ("tls",)
 
 
 def gateway_binary() -> Path:
@@ -53,8 +55,10 @@ class Gateway(Process):
         extra_env: dict | None = None,
         open_files: int | None = None,
         log: Path | None = None,
+        tls: bool = False,
     ):
         self.binary = binary
+        self.expected = LISTENERS + (OPTIONAL_LISTENERS if tls else ())
         self.extra_env = extra_env or {}
         argv = [
             str(binary),
@@ -88,8 +92,12 @@ class Gateway(Process):
     def metrics_addr(self) -> str | None:
         return self.bound.get("metrics")
 
+    @property
+    def tls_addr(self) -> str | None:
+        return self.bound.get("tls")
+
     def on_line(self, line: str) -> None:
-        if len(self.bound) == len(LISTENERS):
+        if len(self.bound) == len(self.expected):
             return
         try:
             entry = json.loads(line)
@@ -98,13 +106,13 @@ class Gateway(Process):
         if not isinstance(entry, dict):
             return
         message, address = _field(entry, "message"), _field(entry, "address")
-        for name in LISTENERS:
+        for name in self.expected:
             if message == f"{name} listener bound" and isinstance(address, str):
                 self.bound[name] = address
 
     def start(self) -> None:
         super().start()
-        if self.wait_for(lambda: len(self.bound) == len(LISTENERS), STARTUP_TIMEOUT_S):
+        if self.wait_for(lambda: len(self.bound) == len(self.expected), STARTUP_TIMEOUT_S):
             return
         exited = self.proc.poll()
         if exited is None and self.output_ended():

@@ -22,6 +22,7 @@ pub use crate::responder::{AuthorizePolicy, ResponderConfig};
 pub use crate::session::SessionConfig;
 pub use crate::sink::config::{EventOutput, EventsConfig, Fsync};
 pub use crate::telemetry::config::{LogConfig, LogFormat};
+pub use crate::tls::config::{CertificateBinding, CertificateFiles, TlsConfig, TlsVersion};
 
 /// The configuration's top-level keys. `CPGW_` variables outside them (such as the
 /// `CPGW_SERVICE_HOST` Kubernetes derives from a service named `cpgw`) are ignored;
@@ -40,6 +41,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "kafka",
     "backend",
     "auth",
+    "tls",
 ];
 
 /// The whole gateway configuration.
@@ -72,6 +74,8 @@ pub struct Config {
     pub backend: BackendConfig,
     /// Charge point authentication (security profiles, credentials).
     pub auth: AuthConfig,
+    /// The `wss://` listener (on when certificates are configured).
+    pub tls: TlsConfig,
 }
 
 /// Graceful shutdown.
@@ -110,6 +114,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             backend: BackendConfig::default(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -198,6 +203,7 @@ impl Config {
         self.admin.validate()?;
         self.metrics.validate()?;
         self.auth.validate()?;
+        self.tls.validate()?;
         if !(1..=i32::MAX as u64).contains(&self.responder.heartbeat_interval.as_secs()) {
             return invalid(
                 "responder.heartbeat_interval",
@@ -231,7 +237,10 @@ mod tests {
     fn the_example_file_states_exactly_the_defaults() {
         // Read with figment's own TOML provider alone, so that no CPGW_ variable of the
         // environment running the test can change what it says.
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/gateway.example.toml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/gateway.example.toml"
+        );
         let example: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file_exact(path))
             .extract()

@@ -13,7 +13,7 @@ use crate::{
     admin::{self, AdminState},
     auth::{
         events::SecurityEvents, metrics::AuthMetrics, store::FileStore, Authenticator,
-        CredentialStore,
+        CertificatePolicy, CredentialStore,
     },
     backend::{Commander, ReplyRouter},
     config::{Config, EventOutput},
@@ -34,6 +34,7 @@ use crate::{
         EventSink,
     },
     telemetry::debug_trace::DebugTraces,
+    tls::{metrics::TlsMetrics, TlsServer, TlsSetupError},
     validation::Validator,
 };
 
@@ -65,6 +66,7 @@ pub struct Gateway {
     ocpp_sockets: SocketBudget,
     credentials: Option<Arc<FileStore>>,
     auth_metrics: AuthMetrics,
+    tls: Option<(Arc<TlsServer>, TcpListener, TlsMetrics)>,
 }
 
 /// Why the gateway could not start.
@@ -92,6 +94,9 @@ pub enum StartError {
     /// The credentials file could not be read, or holds an invalid record.
     #[error("cannot load the credentials (auth.credentials_file): {0}")]
     Credentials(#[from] crate::auth::store::StoreError),
+    /// A TLS certificate, key, CA bundle or CRL could not be used.
+    #[error("cannot set up the TLS listener: {0}")]
+    Tls(#[from] TlsSetupError),
 }
 
 /// Where events go, chosen by the configuration.
@@ -133,6 +138,16 @@ impl Gateway {
         let admin_listener = bind("admin API", config.admin.address).await?;
         let metrics_listener = match config.metrics.enabled {
             true => Some(bind("metrics", config.metrics.address).await?),
+            false => None,
+        };
+        // Registered with TLS off too, so that dashboards and alerts see zeros, not gaps.
+        let tls_metrics = TlsMetrics::register(&mut registry);
+        let tls = match config.tls.enabled() {
+            true => {
+                let server = Arc::new(TlsServer::new(config.tls.clone(), tls_metrics.clone())?);
+                let listener = bind("TLS listener", config.tls.address).await?;
+                Some((server, listener, tls_metrics))
+            }
             false => None,
         };
         let ocpp_sockets = SocketBudget::from_open_file_limit(
@@ -187,6 +202,10 @@ impl Gateway {
                 .clone()
                 .map(|store| store as Arc<dyn CredentialStore>),
             config.auth.clone(),
+            CertificatePolicy {
+                binding: config.tls.client_certificate_binding,
+                operator_name: config.tls.operator_name.clone(),
+            },
             auth_metrics.clone(),
             security_events,
         ));
@@ -253,6 +272,7 @@ impl Gateway {
             ocpp_sockets,
             credentials,
             auth_metrics,
+            tls,
         })
     }
 
@@ -348,6 +368,13 @@ impl Gateway {
             .unwrap_or(self.config.admin.address)
     }
 
+    /// The bound TLS listener address, when TLS is on.
+    pub fn tls_address(&self) -> Option<SocketAddr> {
+        self.tls
+            .as_ref()
+            .and_then(|(_, listener, _)| listener.local_addr().ok())
+    }
+
     /// The bound metrics address, when metrics are on.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics_listener
@@ -385,6 +412,7 @@ impl Gateway {
             ocpp_sockets,
             credentials,
             auth_metrics,
+            tls,
         } = self;
         info!(address = %ocpp_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ocpp listener bound");
         info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener bound");
@@ -433,8 +461,24 @@ impl Gateway {
                 stop_http.clone(),
             ));
         }
+        let tls_accept_task = tls.map(|(server, listener, tls_metrics)| {
+            info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "tls listener bound");
+            background.spawn(crate::tls::reload::watch(
+                server.clone(),
+                tls_metrics,
+                stop_http.clone(),
+            ));
+            tokio::spawn(ocpp.clone().accept(
+                listener,
+                Some(server),
+                ocpp_sockets.clone(),
+                sessions.clone(),
+                stop_accepting.clone(),
+            ))
+        });
         let accept_task = tokio::spawn(ocpp.clone().accept(
             ocpp_listener,
+            None,
             ocpp_sockets,
             sessions.clone(),
             stop_accepting.clone(),
@@ -483,6 +527,9 @@ impl Gateway {
         stop_commands.cancel();
         stop_accepting.cancel();
         let _ = accept_task.await;
+        if let Some(task) = tls_accept_task {
+            let _ = task.await;
+        }
         lifecycle.set_listening(false);
         sessions.close();
         ocpp.drain(config.shutdown.drain_time).await;
@@ -558,7 +605,7 @@ mod tests {
             .await
             .unwrap();
         let (stream, peer) = gateway.ocpp_listener.accept().await.unwrap();
-        let connection = gateway.ocpp.serve_connection(stream, peer);
+        let connection = gateway.ocpp.serve_connection(stream, peer, None);
         let size = std::mem::size_of_val(&connection);
         assert!(size <= 1024, "a connection's future takes {size} bytes");
     }

@@ -116,6 +116,10 @@ closed_set! {
         /// Refused without checking credentials, while its id or address backs off after
         /// failed attempts (`429`).
         AuthBackoff => "auth_backoff",
+        /// The TLS handshake failed (no shared version or cipher, not TLS, a reset).
+        TlsHandshakeFailed => "tls_handshake_failed",
+        /// The client's certificate did not verify (expired, unknown CA, revoked).
+        CertificateRefused => "certificate_refused",
         /// The connection failed during the handshake.
         HandshakeFailed => "handshake_failed",
         /// The handshake did not complete within `listener.handshake_timeout`.
@@ -262,6 +266,10 @@ closed_set! {
         WrongPassword => "wrong_password",
         /// The record requires a profile this listener cannot give (a downgrade attempt).
         ProfileNotOffered => "profile_not_offered",
+        /// Profile 3 without a client certificate.
+        MissingCertificate => "missing_certificate",
+        /// A client certificate that names another charge point or operator.
+        CertificateMismatch => "certificate_mismatch",
         /// Refused unchecked, while the id or address backs off after failures.
         Backoff => "backoff",
     }
@@ -275,6 +283,9 @@ closed_set! {
         AuthFailed => "auth_failed",
         /// A charge point asked for a weaker profile than its record requires.
         DowngradeAttempt => "downgrade_attempt",
+        /// A client certificate was refused: it did not verify (TLS), or it names another
+        /// charge point or operator.
+        CertificateRefused => "certificate_refused",
         /// A connection was refused by a limit (auth-failure backoff).
         LimitHit => "limit_hit",
         /// A charge point's password was rotated.
@@ -303,6 +314,20 @@ impl TryFrom<u8> for SecurityProfile {
     }
 }
 
+closed_set! {
+    /// How a TLS handshake ended: `ocppgw_tls_handshakes_total{result}`.
+    TlsHandshakeResult {
+        /// A full handshake.
+        Full => "full",
+        /// A resumed session (no key exchange or certificate check again).
+        Resumed => "resumed",
+        /// The client's certificate did not verify.
+        CertificateRefused => "certificate_refused",
+        /// Any other failure: no shared version or cipher, not TLS, a reset.
+        Failed => "failed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +352,7 @@ mod tests {
         unique(SecurityProfile::ALL, SecurityProfile::as_str);
         unique(AuthResult::ALL, AuthResult::as_str);
         unique(SecurityEventKind::ALL, SecurityEventKind::as_str);
+        unique(TlsHandshakeResult::ALL, TlsHandshakeResult::as_str);
     }
 
     #[test]

@@ -6,10 +6,7 @@
 
 use std::{future::Future, net::SocketAddr};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::{
     tungstenite::{http, protocol::Role, protocol::WebSocketConfig},
     WebSocketStream,
@@ -36,13 +33,14 @@ pub enum UpgradeError {
 /// `decide` sees a request that is already known to be a valid WebSocket upgrade, and may
 /// take its time (authentication hashes a password). The caller bounds the whole exchange
 /// in time.
-pub async fn upgrade<Decision>(
-    mut stream: TcpStream,
+pub async fn upgrade<Stream, Decision>(
+    mut stream: Stream,
     peer: SocketAddr,
     config: WebSocketConfig,
     decide: impl FnOnce(http::Request<()>) -> Decision,
-) -> Result<(WebSocketStream<TcpStream>, Accepted), UpgradeError>
+) -> Result<(WebSocketStream<Stream>, Accepted), UpgradeError>
 where
+    Stream: AsyncRead + AsyncWrite + Unpin,
     Decision: Future<Output = Result<Accepted, Refusal>>,
 {
     let decided = match read_request_head(&mut stream).await {
@@ -77,7 +75,7 @@ where
 
 /// Reads until a whole request head has arrived; returns it and the bytes read after it.
 async fn read_request_head(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
 ) -> Result<(http::Request<()>, Vec<u8>), UpgradeError> {
     let mut buffer = Vec::with_capacity(1024);
     loop {

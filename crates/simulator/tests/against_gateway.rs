@@ -374,3 +374,83 @@ async fn a_run_against_nothing_counts_refusals_and_is_not_clean() {
         summary.errors
     );
 }
+
+/// The simulator's `wss://`, `--ca-file`, client certificate and Basic options against the
+/// gateway's TLS listener: profile 2 (TLS and a password) and profile 3 (a client
+/// certificate whose CN is the id), and a wrong password refused.
+#[tokio::test]
+async fn the_simulator_connects_with_security_profiles_2_and_3() {
+    use gateway_testkit::pki::{Pki, Validity};
+    use std::io::Write;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = Pki::new("Charging CA");
+    let hash =
+        charge_point_gateway::auth::password::PasswordHashString::hash(b"simulator-password-01")
+            .unwrap();
+    let mut credentials = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        credentials,
+        "{}",
+        json!({"id": "SIM-2", "profile": 2, "password_hash": hash.as_str()})
+    )
+    .unwrap();
+    writeln!(credentials, "{}", json!({"id": "SIM-3", "profile": 3})).unwrap();
+    let server = pki.server_ecdsa();
+    let (ca_file, credentials_file) = (pki.ca_file.clone(), credentials.path().to_owned());
+    let gateway = gateway_testkit::TestGateway::start_with(move |config| {
+        config.tls.certificates = vec![charge_point_gateway::config::CertificateFiles {
+            certificate_file: server.certificate_file,
+            key_file: server.key_file,
+        }];
+        config.tls.client_ca_file = Some(ca_file);
+        config.auth.credentials_file = Some(credentials_file);
+        config.auth.failure_backoff_initial = Duration::ZERO;
+        config.auth.failure_backoff_max = Duration::ZERO;
+    })
+    .await;
+    let url = format!("wss://localhost:{}/ocpp", gateway.tls.unwrap().port());
+    let connector = |tls: TlsOptions, password: Option<&str>| {
+        Connector::new(&url, &tls, password.map(str::to_owned), vec![], STEP).unwrap()
+    };
+    let trusting = TlsOptions {
+        ca_file: Some(pki.ca_file.clone()),
+        ..TlsOptions::default()
+    };
+
+    let profile_2 = connector(trusting.clone(), Some("simulator-password-01"));
+    let _sim2 = profile_2
+        .connect("SIM-2", OcppVersion::V16, 0)
+        .await
+        .expect("profile 2 connects");
+    let wrong = connector(trusting.clone(), Some("not-the-password-01"));
+    let refused = wrong.connect("SIM-2", OcppVersion::V16, 0).await.err();
+    assert!(
+        matches!(
+            refused,
+            Some(charge_point_simulator::connect::ConnectError::Refused(401))
+        ),
+        "{refused:?}"
+    );
+
+    let certificate = pki.client("SIM-3", None, Validity::Current);
+    let profile_3 = connector(
+        TlsOptions {
+            ca_file: Some(pki.ca_file.clone()),
+            client_cert: Some(certificate.certificate_file.clone()),
+            client_key: Some(certificate.key_file.clone()),
+        },
+        None,
+    );
+    let _sim3 = profile_3
+        .connect("SIM-3", OcppVersion::V201, 0)
+        .await
+        .expect("profile 3 connects");
+    tokio::time::timeout(STEP, async {
+        while gateway.probe.connections() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both charge points are connected");
+}

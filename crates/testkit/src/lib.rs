@@ -4,6 +4,7 @@
 //! Kafka-protocol broker process ([`broker::Broker`]).
 
 pub mod broker;
+pub mod pki;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -22,7 +23,7 @@ use tokio::{
 };
 use tokio_tungstenite::{
     tungstenite::{client::IntoClientRequest, http, protocol::CloseFrame, Message},
-    MaybeTlsStream, WebSocketStream,
+    WebSocketStream,
 };
 
 /// Bound on every single wait in a test.
@@ -36,6 +37,8 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     /// The metrics listener, when metrics are on.
     pub metrics: Option<SocketAddr>,
+    /// The TLS listener, when TLS is on.
+    pub tls: Option<SocketAddr>,
     /// The running gateway's own view (connections, metric names, the Kafka bus).
     pub probe: Probe,
     stop: Option<oneshot::Sender<()>>,
@@ -50,6 +53,7 @@ pub fn test_config() -> Config {
     config.listener.address = "127.0.0.1:0".parse().unwrap();
     config.admin.address = "127.0.0.1:0".parse().unwrap();
     config.metrics.address = "127.0.0.1:0".parse().unwrap();
+    config.tls.address = "127.0.0.1:0".parse().unwrap();
     config.events.output = EventOutput::None;
     config.shutdown.drain_time = Duration::from_millis(200);
     config.node_id = "test-node".into();
@@ -90,6 +94,7 @@ impl TestGateway {
         let ocpp = gateway.ocpp_address();
         let admin = gateway.admin_address();
         let metrics = gateway.metrics_address();
+        let tls = gateway.tls_address();
         let probe = gateway.probe();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async move {
@@ -99,6 +104,7 @@ impl TestGateway {
             ocpp,
             admin,
             metrics,
+            tls,
             probe,
             stop: Some(stop),
             task: Some(task),
@@ -191,13 +197,44 @@ impl TestGateway {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
         }
-        match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(request)).await {
+        let stream = tcp_to(&request).await;
+        handshake(request, stream).await.map(|(cp, _)| cp)
+    }
+
+    /// Connects as `id` offering `protocol` to the TLS listener with `client`, with an
+    /// `Authorization` header when given.
+    pub async fn connect_tls(
+        &self,
+        id: &str,
+        protocol: &str,
+        authorization: Option<String>,
+        client: &pki::TlsClient<'_>,
+    ) -> Result<Cp, Refused> {
+        let address = self.tls.expect("TLS listener on");
+        let stream = client.connect(address).await.map_err(Refused::Tls)?;
+        let mut request = format!("wss://localhost:{}/ocpp/{id}", address.port())
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            protocol.parse().unwrap(),
+        );
+        if let Some(authorization) = authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
+        }
+        // With TLS 1.3 the server checks a client certificate after the client finished
+        // its handshake: a refusal then arrives as an alert on the first read, during the
+        // WebSocket handshake.
+        let stream: Box<dyn Io> = Box::new(stream);
+        match tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream)).await {
             Err(_) => panic!("handshake timed out"),
             Ok(Ok((ws, _))) => Ok(Cp { ws }),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-                Err((response.status(), response.headers().clone()))
+                Err(Refused::Http(response.status()))
             }
-            Ok(Err(e)) => panic!("unexpected handshake error: {e}"),
+            Ok(Err(e)) => Err(Refused::Tls(e.to_string())),
         }
     }
 
@@ -380,24 +417,60 @@ pub async fn connect_url(
             protocols.join(", ").parse().unwrap(),
         );
     }
-    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(request)).await {
-        Err(_) => panic!("handshake timed out"),
-        Ok(Ok((ws, response))) => {
+    let stream = tcp_to(&request).await;
+    match handshake(request, stream).await {
+        Ok((cp, response)) => {
             let protocol = response
                 .headers()
                 .get(http::header::SEC_WEBSOCKET_PROTOCOL)
                 .map(|v| v.to_str().unwrap().to_owned());
-            Ok((Cp { ws }, protocol))
+            Ok((cp, protocol))
         }
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => Err(response.status()),
+        Err((status, _)) => Err(status),
+    }
+}
+
+/// A TCP connection to the host and port of `request`'s URI.
+async fn tcp_to(request: &http::Request<()>) -> Box<dyn Io> {
+    let uri = request.uri();
+    let address = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+    Box::new(TcpStream::connect(address).await.unwrap())
+}
+
+/// The WebSocket handshake of `request` over `stream`, bounded by [`STEP`]: the client
+/// and the server's answer, or the refusal's status and headers.
+pub async fn handshake(
+    request: http::Request<()>,
+    stream: Box<dyn Io>,
+) -> Result<(Cp, http::Response<Option<Vec<u8>>>), (http::StatusCode, http::HeaderMap)> {
+    match tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream)).await {
+        Err(_) => panic!("handshake timed out"),
+        Ok(Ok((ws, response))) => Ok((Cp { ws }, response)),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            Err((response.status(), response.headers().clone()))
+        }
         Ok(Err(e)) => panic!("unexpected handshake error: {e}"),
     }
 }
 
+/// Why a TLS connection attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The TLS handshake failed: OpenSSL's reason.
+    Tls(String),
+    /// The upgrade was refused with this status.
+    Http(http::StatusCode),
+}
+
+/// What a charge point's WebSocket runs over: plain TCP or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// A charge point: a plain WebSocket client speaking raw OCPP-J frames.
 pub struct Cp {
     /// The WebSocket.
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub ws: WebSocketStream<Box<dyn Io>>,
 }
 
 /// What the client read next.

@@ -23,6 +23,7 @@ pub fn event_type(kind: SecurityEventKind) -> &'static str {
     match kind {
         SecurityEventKind::AuthFailed => "chargepointgateway.security.auth_failed",
         SecurityEventKind::DowngradeAttempt => "chargepointgateway.security.downgrade_attempt",
+        SecurityEventKind::CertificateRefused => "chargepointgateway.security.certificate_refused",
         SecurityEventKind::LimitHit => "chargepointgateway.security.limit_hit",
         SecurityEventKind::CredentialsRotated => "chargepointgateway.security.credentials_rotated",
     }

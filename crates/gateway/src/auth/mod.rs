@@ -42,16 +42,25 @@ use self::{
     store::Change,
     verifier::{Matched, Verifier},
 };
-use crate::labels::SecurityEventKind;
+use crate::{
+    labels::SecurityEventKind,
+    tls::{CertificateBinding, ClientCertificate},
+};
 
 /// How the charge point reached the listener, which bounds the profiles it can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub enum Transport<'a> {
     /// Plain TCP (`ws://`): profiles 0 and 1.
     Plain,
+    /// TLS (`wss://`): every profile, 3 with the client certificate the TLS handshake
+    /// verified, if one was presented.
+    Tls {
+        /// The verified client certificate.
+        certificate: Option<&'a ClientCertificate>,
+    },
 }
 
-impl Transport {
+impl Transport<'_> {
     /// Whether a charge point that must use `profile` can use it on this transport.
     pub fn offers(self, profile: SecurityProfile) -> bool {
         match self {
@@ -59,7 +68,36 @@ impl Transport {
                 profile,
                 SecurityProfile::Unsecured | SecurityProfile::BasicAuth
             ),
+            Transport::Tls { .. } => true,
         }
+    }
+}
+
+/// What a profile 3 client certificate must say (from `[tls]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatePolicy {
+    /// What binds the certificate to its charge point.
+    pub binding: CertificateBinding,
+    /// A name the subject's O must contain.
+    pub operator_name: Option<String>,
+}
+
+impl CertificatePolicy {
+    /// Whether `certificate` may be used by charge point `id`.
+    pub fn allows(&self, certificate: &ClientCertificate, id: &str) -> bool {
+        let bound = match self.binding {
+            CertificateBinding::ChargePointId => {
+                certificate.common_names.iter().any(|name| name == id)
+            }
+            CertificateBinding::None => true,
+        };
+        let operator = self.operator_name.as_ref().is_none_or(|operator| {
+            certificate
+                .organizations
+                .iter()
+                .any(|organization| organization.contains(operator.as_str()))
+        });
+        bound && operator
     }
 }
 
@@ -73,7 +111,7 @@ pub struct Attempt<'a> {
     /// The client's address.
     pub address: IpAddr,
     /// How it connected.
-    pub transport: Transport,
+    pub transport: Transport<'a>,
 }
 
 /// A refused attempt.
@@ -90,6 +128,7 @@ pub struct Denied {
 pub struct Authenticator {
     store: Option<Arc<dyn CredentialStore>>,
     config: AuthConfig,
+    certificates: CertificatePolicy,
     verifier: Verifier,
     backoff: Mutex<FailureBackoff>,
     metrics: AuthMetrics,
@@ -101,11 +140,13 @@ impl Authenticator {
     pub fn new(
         store: Option<Arc<dyn CredentialStore>>,
         config: AuthConfig,
+        certificates: CertificatePolicy,
         metrics: AuthMetrics,
         events: SecurityEvents,
     ) -> Authenticator {
         Authenticator {
             store,
+            certificates,
             verifier: Verifier::new(
                 config.max_concurrent_verifications,
                 config.verified_cache_ttl,
@@ -197,10 +238,10 @@ impl Authenticator {
                 self.backoff
                     .lock()
                     .failed(id, attempt.address, Instant::now());
-                let kind = if result == AuthResult::ProfileNotOffered {
-                    SecurityEventKind::DowngradeAttempt
-                } else {
-                    SecurityEventKind::AuthFailed
+                let kind = match result {
+                    AuthResult::ProfileNotOffered => SecurityEventKind::DowngradeAttempt,
+                    AuthResult::CertificateMismatch => SecurityEventKind::CertificateRefused,
+                    _ => SecurityEventKind::AuthFailed,
                 };
                 crate::warn_limited!(charge_point_id = %id, address = %attempt.address, result = result.as_str(), required_profile = profile.as_str(), "charge point authentication failed");
                 self.events
@@ -246,21 +287,28 @@ impl Authenticator {
         };
         let record = match record {
             Some(record) if attempt.transport.offers(record.profile) => record,
-            _ => {
+            other => {
                 if let Ok(credentials) = &credentials {
                     self.verifier.decoy(&credentials.password).await;
                 }
-                credentials?;
-                return Err(match record {
+                return Err(match other {
                     Some(_) => AuthResult::ProfileNotOffered,
                     None => AuthResult::UnknownChargePoint,
                 });
             }
         };
-        if !record.profile.uses_password() {
-            // Profile 3 over a transport that offers it: the certificate decides
-            // (checked by the TLS layer before this point).
-            return Ok(Matched::None);
+        if record.profile == SecurityProfile::TlsClientCertificate {
+            // The TLS handshake verified the certificate's chain; what it says is checked
+            // here.
+            return match attempt.transport {
+                Transport::Tls {
+                    certificate: Some(certificate),
+                } if self.certificates.allows(certificate, &record.id) => Ok(Matched::None),
+                Transport::Tls {
+                    certificate: Some(_),
+                } => Err(AuthResult::CertificateMismatch),
+                _ => Err(AuthResult::MissingCertificate),
+            };
         }
         let credentials = credentials?;
         let Some(current) = &record.password else {

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::{metrics::AuthMetrics, store::FileStore, CredentialStore};
+use crate::hangup::Hangup;
 
 /// Watches `store`'s file until `stop`.
 pub async fn watch(
@@ -16,14 +17,14 @@ pub async fn watch(
     metrics: AuthMetrics,
     stop: CancellationToken,
 ) {
-    let mut hangup = hangup_signals();
+    let mut hangup = Hangup::new();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
-            _ = next_hangup(&mut hangup) => info!("SIGHUP: reading the credentials file again"),
+            _ = hangup.next() => info!("SIGHUP: reading the credentials file again"),
         }
         let reading = store.clone();
         let reloaded = tokio::task::spawn_blocking(move || reading.reload()).await;
@@ -40,36 +41,4 @@ pub async fn watch(
             Err(e) => error!(error = %e, "credentials reload failed"),
         }
     }
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
-
-#[cfg(unix)]
-fn hangup_signals() -> Hangup {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-
-#[cfg(not(unix))]
-fn hangup_signals() -> Hangup {}
-
-#[cfg(unix)]
-async fn next_hangup(hangup: &mut Hangup) {
-    match hangup {
-        Some(signal) => {
-            if signal.recv().await.is_none() {
-                // The signal stream ended: no more SIGHUPs, and no busy loop either.
-                *hangup = None;
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn next_hangup(_: &mut Hangup) {
-    std::future::pending().await
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod limits;
+pub mod stream;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -27,15 +28,18 @@ use tracing::{debug, info, info_span, Instrument};
 pub use self::config::ListenerConfig;
 pub use self::limits::{AddressLimit, SocketBudget};
 
+use self::stream::ChargePointStream;
 use crate::{
     auth::{Attempt, Authenticator, Denied, Transport},
     handshake::{Accepted, HandshakePolicy, Refusal},
     health::Lifecycle,
+    labels::SecurityEventKind,
     labels::{ConnectionAttempt, DisconnectReason, HandshakeState},
     metrics::Metrics,
     pipeline::Pipeline,
     registry::Registry,
     session::{self, ConnectionInfo, SessionContext, SessionEnd, SessionHandle},
+    tls::{TlsFailure, TlsServer},
     token_bucket::TokenBucket,
     upgrade::UpgradeError,
 };
@@ -109,10 +113,11 @@ impl OcppListener {
     }
 
     /// Accepts charge points on `listener` until `stop`; each connection is a task on
-    /// `tasks`.
+    /// `tasks`. With `tls`, each connection begins with a TLS handshake (`wss://`).
     pub async fn accept(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<Arc<TlsServer>>,
         budget: SocketBudget,
         tasks: TaskTracker,
         stop: CancellationToken,
@@ -150,8 +155,9 @@ impl OcppListener {
                         continue;
                     };
                     let this = self.clone();
+                    let tls = tls.clone();
                     tasks.spawn(async move {
-                        this.serve_connection(stream, peer).await;
+                        this.serve_connection(stream, peer, tls.as_deref()).await;
                         drop((slot, address_slot));
                     });
                 }
@@ -196,11 +202,16 @@ impl OcppListener {
             .is_ok_and(|id| self.sessions.get(&id).is_some())
     }
 
-    pub(crate) async fn serve_connection(&self, stream: TcpStream, peer: SocketAddr) {
+    pub(crate) async fn serve_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<&TlsServer>,
+    ) {
         // Boxed: the upgrade's state is large and only needed until the handshake ends,
         // while this future lives as long as the connection (it is most of an idle
         // connection's memory otherwise).
-        let Some((ws, accepted)) = Box::pin(self.upgrade(stream, peer)).await else {
+        let Some((ws, accepted)) = Box::pin(self.upgrade(stream, peer, tls)).await else {
             return;
         };
         let info = Arc::new(ConnectionInfo::new(
@@ -234,7 +245,7 @@ impl OcppListener {
     /// session itself is boxed by `session::run`.
     fn connection(
         &self,
-        ws: WebSocketStream<TcpStream>,
+        ws: WebSocketStream<ChargePointStream>,
         info: Arc<ConnectionInfo>,
         end: SessionEnd,
         fallback: bool,
@@ -253,56 +264,41 @@ impl OcppListener {
             })
     }
 
-    /// The WebSocket upgrade with the handshake policy; `None` when refused or failed
-    /// (logged and counted here).
+    /// The TLS handshake (with `tls`), then the WebSocket upgrade with the handshake
+    /// policy and authentication; `None` when refused or failed (logged and counted here).
     async fn upgrade(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-    ) -> Option<(tokio_tungstenite::WebSocketStream<TcpStream>, Accepted)> {
+        tls: Option<&TlsServer>,
+    ) -> Option<(WebSocketStream<ChargePointStream>, Accepted)> {
         let _ = stream.set_nodelay(true);
-        // The cheap refusals first; authentication, which may hash a password, last.
-        let decide = |request: Request<()>| async move {
-            let accepted = if self.lifecycle.is_draining() {
-                Err(Refusal::ShuttingDown)
-            } else if self.sessions.len() >= self.config.max_connections
-                && !self.replaces_own_connection(request.uri().path())
-            {
-                Err(Refusal::AtCapacity)
-            } else {
-                self.policy.negotiate(&request)
-            }?;
-            let authorization: Vec<&[u8]> = request
-                .headers()
-                .get_all(http::header::AUTHORIZATION)
-                .iter()
-                .map(|value| value.as_bytes())
-                .collect();
-            let attempt = Attempt {
-                charge_point_id: &accepted.charge_point_id,
-                authorization: &authorization,
-                address: peer.ip(),
-                transport: Transport::Plain,
-            };
-            match self.auth.authenticate(attempt).await {
-                Ok(_profile) => Ok(accepted),
-                Err(Denied {
-                    retry_after: Some(wait),
-                    ..
-                }) => Err(Refusal::AuthBackoff {
-                    retry_after_seconds: wait.as_secs_f64().ceil().max(1.0) as u64,
-                }),
-                Err(Denied { .. }) => Err(Refusal::Unauthorized),
-            }
-        };
-        // The deadline covers the wait for a handshake place too: a socket that gets none
-        // in time is dropped like one that is too slow to shake hands.
+        // The deadline covers the wait for a handshake place, the TLS handshake and
+        // authentication too: a socket that gets none in time is dropped like one that is
+        // too slow to shake hands.
         let upgraded = tokio::time::timeout(self.config.handshake_timeout, async {
             let waiting = GaugeGuard::new(self.metrics.handshakes(HandshakeState::Waiting));
             let place = self.handshakes.acquire().await;
             drop(waiting);
             let _running = GaugeGuard::new(self.metrics.handshakes(HandshakeState::Running));
-            let upgraded = crate::upgrade::upgrade(stream, peer, self.ws_config, decide).await;
+            let (stream, certificate) = match tls {
+                None => (ChargePointStream::Plain(stream), None),
+                Some(tls) => {
+                    let (stream, certificate) = tls.accept(stream).await.map_err(Failed::Tls)?;
+                    (ChargePointStream::Tls(Box::new(stream)), Some(certificate))
+                }
+            };
+            let transport = match &certificate {
+                None => Transport::Plain,
+                Some(certificate) => Transport::Tls {
+                    certificate: certificate.as_ref(),
+                },
+            };
+            let upgraded = crate::upgrade::upgrade(stream, peer, self.ws_config, |request| {
+                self.decide(request, peer, transport)
+            })
+            .await
+            .map_err(Failed::Upgrade);
             drop(place);
             upgraded
         })
@@ -313,23 +309,89 @@ impl OcppListener {
                 attempt(ConnectionAttempt::Accepted);
                 Some((ws, accepted))
             }
-            Ok(Err(UpgradeError::Refused(refusal))) => {
+            Ok(Err(Failed::Upgrade(UpgradeError::Refused(refusal)))) => {
                 attempt(refusal.attempt());
                 info!(%peer, reason = refusal.label(), error = %refusal, "connection refused");
                 None
             }
-            Ok(Err(UpgradeError::Io(e))) => {
+            Ok(Err(Failed::Upgrade(UpgradeError::Io(e)))) => {
                 attempt(ConnectionAttempt::HandshakeFailed);
                 debug!(%peer, error = %e, "WebSocket handshake failed");
                 None
             }
+            Ok(Err(Failed::Tls(TlsFailure::CertificateRefused(reason)))) => {
+                attempt(ConnectionAttempt::CertificateRefused);
+                crate::warn_limited!(%peer, %reason, "client certificate refused");
+                self.auth.events().report(
+                    SecurityEventKind::CertificateRefused,
+                    &peer.ip().to_string(),
+                    peer.ip(),
+                    "certificate_not_verified",
+                    None,
+                );
+                None
+            }
+            Ok(Err(Failed::Tls(TlsFailure::Handshake(reason)))) => {
+                attempt(ConnectionAttempt::TlsHandshakeFailed);
+                debug!(%peer, %reason, "TLS handshake failed");
+                None
+            }
             Err(_) => {
                 attempt(ConnectionAttempt::HandshakeTimeout);
-                debug!(%peer, "WebSocket handshake timed out");
+                debug!(%peer, "handshake timed out");
                 None
             }
         }
     }
+
+    /// Whether the upgrade `request` may proceed: the cheap refusals first;
+    /// authentication, which may hash a password, last.
+    async fn decide(
+        &self,
+        request: Request<()>,
+        peer: SocketAddr,
+        transport: Transport<'_>,
+    ) -> Result<Accepted, Refusal> {
+        let accepted = if self.lifecycle.is_draining() {
+            Err(Refusal::ShuttingDown)
+        } else if self.sessions.len() >= self.config.max_connections
+            && !self.replaces_own_connection(request.uri().path())
+        {
+            Err(Refusal::AtCapacity)
+        } else {
+            self.policy.negotiate(&request)
+        }?;
+        let authorization: Vec<&[u8]> = request
+            .headers()
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .map(|value| value.as_bytes())
+            .collect();
+        let attempt = Attempt {
+            charge_point_id: &accepted.charge_point_id,
+            authorization: &authorization,
+            address: peer.ip(),
+            transport,
+        };
+        match self.auth.authenticate(attempt).await {
+            Ok(_profile) => Ok(accepted),
+            Err(Denied {
+                retry_after: Some(wait),
+                ..
+            }) => Err(Refusal::AuthBackoff {
+                retry_after_seconds: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }),
+            Err(Denied { .. }) => Err(Refusal::Unauthorized),
+        }
+    }
+}
+
+/// How a handshake failed before a session existed.
+enum Failed {
+    /// The TLS handshake.
+    Tls(TlsFailure),
+    /// The WebSocket upgrade (or its refusal).
+    Upgrade(UpgradeError),
 }
 
 /// Counts one in a gauge while it lives (a handshake cut short by its deadline too).

@@ -16,3 +16,4 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod protocol_errors;
+mod tls;
