@@ -47,6 +47,7 @@ import websockets
 
 from dashboard_queries import dashboard_queries, load_dashboard
 from support.gateway import Gateway, gateway_binary
+from support.pki import Pki
 from support.process import Process, free_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -199,9 +200,14 @@ def start_broker(stack: Stack) -> None:
 
 
 def start_gateway(stack: Stack) -> None:
+    # The wss:// listener is on too, so that the TLS panels have their series.
+    certificate, key = Pki(stack.workdir / "pki").server("ecdsa")
     gateway = Gateway(
         gateway_binary(),
+        tls=True,
         extra_env={
+            "CPGW_TLS__ADDRESS": "127.0.0.1:0",
+            "CPGW_TLS__CERTIFICATES": f'[{{certificate_file="{certificate}",key_file="{key}"}}]',
             "CPGW_NODE_ID": "e2e-gateway",
             "CPGW_KAFKA__BROKERS": stack.broker,
             "CPGW_KAFKA__TOPIC_REPLICATION": "1",

@@ -204,6 +204,12 @@ impl Config {
         self.metrics.validate()?;
         self.auth.validate()?;
         self.tls.validate()?;
+        if self.tls.proxy_protocol && self.listener.trusted_proxies.is_empty() {
+            return Err(ConfigError::Invalid {
+                option: "listener.trusted_proxies",
+                reason: "must list the load balancers when tls.proxy_protocol is on (anyone else could claim any address)".to_owned(),
+            });
+        }
         if !(1..=i32::MAX as u64).contains(&self.responder.heartbeat_interval.as_secs()) {
             return invalid(
                 "responder.heartbeat_interval",

@@ -21,7 +21,7 @@ use crate::{
     http_server::{self, HttpLimits, HttpMetrics},
     kafka::{self, commands::CommandConsumer, metrics::KafkaMetrics, KafkaBus, KafkaSink},
     labels::HttpListener,
-    listener::{OcppListener, SocketBudget},
+    listener::{Entry, OcppListener, SocketBudget},
     metrics::{server::Scrape, Metrics, MetricsRegistry},
     pipeline::{BackendAnswers, Pipeline, Publisher},
     registry::Registry,
@@ -470,7 +470,10 @@ impl Gateway {
             ));
             tokio::spawn(ocpp.clone().accept(
                 listener,
-                Some(server),
+                Entry {
+                    tls: Some(server),
+                    proxied: config.tls.proxy_protocol,
+                },
                 ocpp_sockets.clone(),
                 sessions.clone(),
                 stop_accepting.clone(),
@@ -478,7 +481,10 @@ impl Gateway {
         });
         let accept_task = tokio::spawn(ocpp.clone().accept(
             ocpp_listener,
-            None,
+            Entry {
+                tls: None,
+                proxied: config.listener.proxy_protocol,
+            },
             ocpp_sockets,
             sessions.clone(),
             stop_accepting.clone(),
@@ -605,7 +611,8 @@ mod tests {
             .await
             .unwrap();
         let (stream, peer) = gateway.ocpp_listener.accept().await.unwrap();
-        let connection = gateway.ocpp.serve_connection(stream, peer, None);
+        let entry = crate::listener::Entry::default();
+        let connection = gateway.ocpp.serve_connection(stream, peer, &entry);
         let size = std::mem::size_of_val(&connection);
         assert!(size <= 1024, "a connection's future takes {size} bytes");
     }

@@ -116,6 +116,11 @@ closed_set! {
         /// Refused without checking credentials, while its id or address backs off after
         /// failed attempts (`429`).
         AuthBackoff => "auth_backoff",
+        /// A connection to a PROXY protocol listener from outside
+        /// `listener.trusted_proxies`, closed at once.
+        UntrustedProxy => "untrusted_proxy",
+        /// No valid PROXY protocol v2 header where the listener expects one.
+        BadProxyHeader => "bad_proxy_header",
         /// The TLS handshake failed (no shared version or cipher, not TLS, a reset).
         TlsHandshakeFailed => "tls_handshake_failed",
         /// The client's certificate did not verify (expired, unknown CA, revoked).

@@ -21,6 +21,7 @@ pub mod labels;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
+pub mod proxy_protocol;
 pub mod registry;
 pub mod responder;
 pub mod session;

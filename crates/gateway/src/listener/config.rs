@@ -41,6 +41,15 @@ pub struct ListenerConfig {
     /// New sockets accepted per second on average, with bursts of one second's worth;
     /// beyond it sockets wait in the kernel's accept queue. `0`: no limit.
     pub accept_rate: u32,
+    /// Every connection to this listener starts with a PROXY protocol v2 header (HAProxy's
+    /// `send-proxy-v2`) naming the real client, whose address then counts for the limits,
+    /// the logs and the events. Needs `trusted_proxies`.
+    pub proxy_protocol: bool,
+    /// The load balancers allowed to connect to a listener with `proxy_protocol` (or
+    /// `tls.proxy_protocol`), as addresses or CIDR prefixes; other sources are closed at
+    /// once. A balancer that ended TLS itself (`send-proxy-v2-ssl-cn`) is believed about
+    /// the client's certificate too.
+    pub trusted_proxies: Vec<AddressRange>,
 }
 
 impl Default for ListenerConfig {
@@ -58,6 +67,8 @@ impl Default for ListenerConfig {
             max_connections_per_address: 0,
             max_handshakes: 1000,
             accept_rate: 0,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -124,7 +135,52 @@ impl ListenerConfig {
         if self.max_handshakes == 0 {
             return Err(invalid("listener.max_handshakes", "must be at least 1"));
         }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "listener.trusted_proxies",
+                "must list the load balancers when listener.proxy_protocol is on (anyone else could claim any address)",
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether `address` is one of the trusted proxies.
+    pub fn trusts_proxy(&self, address: std::net::IpAddr) -> bool {
+        let address = match address {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies
+            .iter()
+            .any(|range| range.0.contains(&address))
+    }
+}
+
+/// An address or a CIDR prefix (`10.0.0.5`, `10.0.0.0/8`, `2001:db8::/32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRange(pub ipnet::IpNet);
+
+impl std::str::FromStr for AddressRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AddressRange, String> {
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(AddressRange)
+            .map_err(|_| format!("{text:?} is not an address or a CIDR prefix"))
+    }
+}
+
+impl Serialize for AddressRange {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AddressRange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<AddressRange, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

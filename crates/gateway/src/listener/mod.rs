@@ -37,9 +37,10 @@ use crate::{
     labels::{ConnectionAttempt, DisconnectReason, HandshakeState},
     metrics::Metrics,
     pipeline::Pipeline,
+    proxy_protocol::{self, ProxyError},
     registry::Registry,
     session::{self, ConnectionInfo, SessionContext, SessionEnd, SessionHandle},
-    tls::{TlsFailure, TlsServer},
+    tls::{ClientCertificate, TlsFailure, TlsServer},
     token_bucket::TokenBucket,
     upgrade::UpgradeError,
 };
@@ -113,11 +114,12 @@ impl OcppListener {
     }
 
     /// Accepts charge points on `listener` until `stop`; each connection is a task on
-    /// `tasks`. With `tls`, each connection begins with a TLS handshake (`wss://`).
+    /// `tasks`. With `entry.proxied`, each connection begins with a PROXY protocol header;
+    /// with `entry.tls`, then with a TLS handshake (`wss://`).
     pub async fn accept(
         self: Arc<Self>,
         listener: TcpListener,
-        tls: Option<Arc<TlsServer>>,
+        entry: Entry,
         budget: SocketBudget,
         tasks: TaskTracker,
         stop: CancellationToken,
@@ -147,17 +149,30 @@ impl OcppListener {
                         crate::warn_limited!(%peer, limit = budget.limit, "charge point socket closed at once: the open-file budget is spent");
                         continue;
                     };
-                    let Some(address_slot) = self.addresses.take(peer.ip()) else {
-                        // Closed at once too: a flood from one address costs no handshake.
+                    if entry.proxied && !self.config.trusts_proxy(peer.ip()) {
                         self.metrics
-                            .connection_attempt(ConnectionAttempt::AddressLimit);
-                        crate::warn_limited!(%peer, limit = self.config.max_connections_per_address, "charge point socket closed at once: too many from its address");
+                            .connection_attempt(ConnectionAttempt::UntrustedProxy);
+                        crate::warn_limited!(%peer, "socket closed at once: a PROXY protocol listener only takes listener.trusted_proxies");
                         continue;
+                    }
+                    // Behind a proxy the socket's address is the proxy's: the client's is
+                    // counted once its PROXY header is read.
+                    let address_slot = match entry.proxied {
+                        true => None,
+                        false => match self.addresses.take(peer.ip()) {
+                            Some(address_slot) => address_slot,
+                            None => {
+                                // Closed at once too: a flood from one address costs no
+                                // handshake.
+                                self.address_limit_hit(peer);
+                                continue;
+                            }
+                        },
                     };
                     let this = self.clone();
-                    let tls = tls.clone();
+                    let entry = entry.clone();
                     tasks.spawn(async move {
-                        this.serve_connection(stream, peer, tls.as_deref()).await;
+                        this.serve_connection(stream, peer, &entry).await;
                         drop((slot, address_slot));
                     });
                 }
@@ -202,16 +217,35 @@ impl OcppListener {
             .is_ok_and(|id| self.sessions.get(&id).is_some())
     }
 
+    fn address_limit_hit(&self, peer: SocketAddr) {
+        self.metrics
+            .connection_attempt(ConnectionAttempt::AddressLimit);
+        crate::warn_limited!(%peer, limit = self.config.max_connections_per_address, "charge point socket closed at once: too many from its address");
+        self.auth.events().report(
+            SecurityEventKind::LimitHit,
+            &peer.ip().to_string(),
+            peer.ip(),
+            "address_limit",
+            None,
+        );
+    }
+
     pub(crate) async fn serve_connection(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-        tls: Option<&TlsServer>,
+        entry: &Entry,
     ) {
         // Boxed: the upgrade's state is large and only needed until the handshake ends,
         // while this future lives as long as the connection (it is most of an idle
         // connection's memory otherwise).
-        let Some((ws, accepted)) = Box::pin(self.upgrade(stream, peer, tls)).await else {
+        let Some(Upgraded {
+            ws,
+            accepted,
+            peer,
+            address_slot: _address_slot,
+        }) = Box::pin(self.upgrade(stream, peer, entry)).await
+        else {
             return;
         };
         let info = Arc::new(ConnectionInfo::new(
@@ -264,29 +298,56 @@ impl OcppListener {
             })
     }
 
-    /// The TLS handshake (with `tls`), then the WebSocket upgrade with the handshake
-    /// policy and authentication; `None` when refused or failed (logged and counted here).
+    /// The PROXY header (on a proxied entry), the TLS handshake (with TLS), then the
+    /// WebSocket upgrade with the handshake policy and authentication; `None` when refused
+    /// or failed (logged and counted here).
     async fn upgrade(
         &self,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
-        tls: Option<&TlsServer>,
-    ) -> Option<(WebSocketStream<ChargePointStream>, Accepted)> {
+        entry: &Entry,
+    ) -> Option<Upgraded> {
         let _ = stream.set_nodelay(true);
-        // The deadline covers the wait for a handshake place, the TLS handshake and
-        // authentication too: a socket that gets none in time is dropped like one that is
-        // too slow to shake hands.
+        let socket_peer = peer;
+        // The deadline covers the wait for a handshake place, the PROXY header, the TLS
+        // handshake and authentication too: a socket that gets none in time is dropped like
+        // one that is too slow to shake hands.
         let upgraded = tokio::time::timeout(self.config.handshake_timeout, async {
             let waiting = GaugeGuard::new(self.metrics.handshakes(HandshakeState::Waiting));
             let place = self.handshakes.acquire().await;
             drop(waiting);
             let _running = GaugeGuard::new(self.metrics.handshakes(HandshakeState::Running));
-            let (stream, certificate) = match tls {
-                None => (ChargePointStream::Plain(stream), None),
-                Some(tls) => {
-                    let (stream, certificate) = tls.accept(stream).await.map_err(Failed::Tls)?;
+            let (peer, proxied_tls, address_slot) = match entry.proxied {
+                false => (peer, None, None),
+                true => {
+                    let header = proxy_protocol::read(&mut stream)
+                        .await
+                        .map_err(Failed::Proxy)?;
+                    let client = header.source.unwrap_or(peer);
+                    let slot = self
+                        .addresses
+                        .take(client.ip())
+                        .ok_or(Failed::AddressLimit(client))?;
+                    (client, header.tls, slot)
+                }
+            };
+            let (stream, certificate) = match (&entry.tls, proxied_tls) {
+                (Some(tls), _) => {
+                    let (stream, certificate) = tls
+                        .accept(stream)
+                        .await
+                        .map_err(|failure| Failed::Tls(failure, peer))?;
                     (ChargePointStream::Tls(Box::new(stream)), Some(certificate))
                 }
+                // TLS ended at a trusted balancer, which verified the certificate.
+                (None, Some(tls)) => (
+                    ChargePointStream::Plain(stream),
+                    Some(tls.certificate_verified.then(|| ClientCertificate {
+                        common_names: tls.common_name.into_iter().collect(),
+                        organizations: Vec::new(),
+                    })),
+                ),
+                (None, None) => (ChargePointStream::Plain(stream), None),
             };
             let transport = match &certificate {
                 None => Transport::Plain,
@@ -298,28 +359,42 @@ impl OcppListener {
                 self.decide(request, peer, transport)
             })
             .await
-            .map_err(Failed::Upgrade);
+            .map_err(|e| Failed::Upgrade(e, peer));
             drop(place);
-            upgraded
+            upgraded.map(|(ws, accepted)| Upgraded {
+                ws,
+                accepted,
+                peer,
+                address_slot,
+            })
         })
         .await;
         let attempt = |attempt| self.metrics.connection_attempt(attempt);
         match upgraded {
-            Ok(Ok((ws, accepted))) => {
+            Ok(Ok(upgraded)) => {
                 attempt(ConnectionAttempt::Accepted);
-                Some((ws, accepted))
+                Some(upgraded)
             }
-            Ok(Err(Failed::Upgrade(UpgradeError::Refused(refusal)))) => {
+            Ok(Err(Failed::Upgrade(UpgradeError::Refused(refusal), peer))) => {
                 attempt(refusal.attempt());
                 info!(%peer, reason = refusal.label(), error = %refusal, "connection refused");
                 None
             }
-            Ok(Err(Failed::Upgrade(UpgradeError::Io(e)))) => {
+            Ok(Err(Failed::Upgrade(UpgradeError::Io(e), peer))) => {
                 attempt(ConnectionAttempt::HandshakeFailed);
                 debug!(%peer, error = %e, "WebSocket handshake failed");
                 None
             }
-            Ok(Err(Failed::Tls(TlsFailure::CertificateRefused(reason)))) => {
+            Ok(Err(Failed::Proxy(e))) => {
+                attempt(ConnectionAttempt::BadProxyHeader);
+                crate::warn_limited!(peer = %socket_peer, error = %e, "connection closed: no valid PROXY protocol header");
+                None
+            }
+            Ok(Err(Failed::AddressLimit(client))) => {
+                self.address_limit_hit(client);
+                None
+            }
+            Ok(Err(Failed::Tls(TlsFailure::CertificateRefused(reason), peer))) => {
                 attempt(ConnectionAttempt::CertificateRefused);
                 crate::warn_limited!(%peer, %reason, "client certificate refused");
                 self.auth.events().report(
@@ -331,14 +406,14 @@ impl OcppListener {
                 );
                 None
             }
-            Ok(Err(Failed::Tls(TlsFailure::Handshake(reason)))) => {
+            Ok(Err(Failed::Tls(TlsFailure::Handshake(reason), peer))) => {
                 attempt(ConnectionAttempt::TlsHandshakeFailed);
                 debug!(%peer, %reason, "TLS handshake failed");
                 None
             }
             Err(_) => {
                 attempt(ConnectionAttempt::HandshakeTimeout);
-                debug!(%peer, "handshake timed out");
+                debug!(peer = %socket_peer, "handshake timed out");
                 None
             }
         }
@@ -386,12 +461,34 @@ impl OcppListener {
     }
 }
 
-/// How a handshake failed before a session existed.
+/// How a handshake failed before a session existed (with the client's address, once
+/// known).
 enum Failed {
+    /// No valid PROXY header.
+    Proxy(ProxyError),
+    /// Too many connections from the client named by the PROXY header.
+    AddressLimit(SocketAddr),
     /// The TLS handshake.
-    Tls(TlsFailure),
+    Tls(TlsFailure, SocketAddr),
     /// The WebSocket upgrade (or its refusal).
-    Upgrade(UpgradeError),
+    Upgrade(UpgradeError, SocketAddr),
+}
+
+/// An upgraded connection, its client, and the client's place under the address limit.
+struct Upgraded {
+    ws: WebSocketStream<ChargePointStream>,
+    accepted: Accepted,
+    peer: SocketAddr,
+    address_slot: Option<limits::AddressSlot>,
+}
+
+/// How connections arrive at one listening socket.
+#[derive(Clone, Default)]
+pub struct Entry {
+    /// TLS (`wss://`), ended here.
+    pub tls: Option<Arc<TlsServer>>,
+    /// A PROXY protocol v2 header first (from `listener.trusted_proxies` only).
+    pub proxied: bool,
 }
 
 /// Counts one in a gauge while it lives (a handshake cut short by its deadline too).

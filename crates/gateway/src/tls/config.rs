@@ -87,6 +87,10 @@ pub struct TlsConfig {
     /// handshake), each resumable for OpenSSL's default of two hours; `0` turns
     /// resumption off (the session cache and TLS 1.3 tickets).
     pub session_cache_size: u32,
+    /// Every connection starts with a PROXY protocol v2 header, before the TLS handshake
+    /// (a TCP load balancer passing TLS through with `send-proxy-v2`); only from
+    /// `listener.trusted_proxies`.
+    pub proxy_protocol: bool,
     /// How often the certificate, key, CA and CRL files are checked for changes (they
     /// are also read again on SIGHUP); open connections keep their session.
     #[serde(with = "humantime_serde")]
@@ -106,6 +110,7 @@ impl Default for TlsConfig {
             cipher_list: DEFAULT_CIPHER_LIST.to_owned(),
             ciphersuites: DEFAULT_CIPHERSUITES.to_owned(),
             session_cache_size: 20_480,
+            proxy_protocol: false,
             reload_interval: Duration::from_secs(10),
         }
     }

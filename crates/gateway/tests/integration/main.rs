@@ -16,4 +16,6 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod protocol_errors;
+mod proxy;
+mod proxy_properties;
 mod tls;
