@@ -164,7 +164,7 @@ class Bench:
 
     # --- servers -------------------------------------------------------------------
 
-    def gateway(self, kafka_brokers=None, extra_env=None, name=None):
+    def gateway(self, kafka_brokers=None, extra_env=None, name=None, tls_port=None, simulator_flags=()):
         port, admin, metrics = free_port(), free_port(), free_port()
         env = {
             "CPGW_SESSION__PING_INTERVAL": self.settings.ping_interval,
@@ -189,7 +189,10 @@ class Bench:
         # A fast run writes hundreds of megabytes of events; nobody reads them afterwards.
         server.scratch_files = [] if kafka_brokers else [events]
         server.wait_http(f"http://127.0.0.1:{admin}/readyz")
-        server.url = f"ws://127.0.0.1:{port}/ocpp"
+        server.url = (
+            f"wss://localhost:{tls_port}/ocpp" if tls_port else f"ws://127.0.0.1:{port}/ocpp"
+        )
+        server.simulator_flags = list(simulator_flags)
         server.env_note = " ".join(f"{k}={v}" for k, v in env.items())
         return server
 
@@ -366,16 +369,16 @@ class Bench:
             ],
         )
 
-    def storm(self, server, connections):
+    def storm(self, server, connections, label="reconnect storm", duration=None):
         return self.simulate(
             server,
-            "reconnect storm",
+            label,
             [
                 "-n", str(connections),
                 "--versions", "1.6=50,2.0.1=30,2.1=20",
                 "--scenario", "idle",
                 "--ramp-rate", str(self.settings.storm_ramp_rate),
-                "--duration", "15s" if not self.settings.quick else "6s",
+                "--duration", duration or ("15s" if not self.settings.quick else "6s"),
                 "--storm-after", "2s",
                 "--reconnect-min", "0s",
                 "--reconnect-jitter", "1s",
@@ -436,6 +439,102 @@ class Bench:
             results.append(result)
         return {"offered_per_s": offered, "variants": results}
 
+    def security(self):
+        """The security profiles side by side, in one run: memory per idle connection and
+        the reconnect storm for profile 0 (ws://), 1 (ws:// with Basic credentials), 2
+        (wss:// with Basic credentials), and 2 with TLS session resumption off at both
+        ends; and the highest rate of profile 2 against profile 0."""
+        sys.path.insert(0, str(ROOT / "tests"))
+        from support.pki import Pki
+
+        pki = Pki(self.workdir / "pki")
+        rsa, ecdsa = pki.server("rsa"), pki.server("ecdsa")
+        password = "bench-password-0001"
+        # Cheaper argon2id than the default (1 MiB, 1 pass instead of 19 MiB, 2 passes):
+        # every charge point's first connection verifies once, which at the default cost
+        # would take minutes for the capacity run; the storms measure the remembered path.
+        phc = subprocess.run(
+            [str(self.bin / "charge-point-gateway"), "hash-password", "--memory-kib", "1024", "--passes", "1"],
+            input=password + "\n", capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        count = max(self.settings.capacity_connections, self.settings.idle_connections) + 1
+        files = {}
+        for profile in (1, 2):
+            path = self.workdir / f"credentials-{profile}.jsonl"
+            with open(path, "w") as out:
+                for number in range(count):
+                    out.write(json.dumps({"id": f"BENCH{number:06}", "profile": profile, "password_hash": phc}) + "\n")
+            files[profile] = path
+        certificates = ",".join(
+            f'{{certificate_file="{cert}",key_file="{key}"}}' for cert, key in (rsa, ecdsa)
+        )
+        variants = {
+            "profile 0 (ws://)": {},
+            "profile 1 (ws://, Basic)": {"profile": 1},
+            "profile 2 (wss://, Basic)": {"profile": 2, "tls": True},
+            "profile 2, no resumption": {"profile": 2, "tls": True, "no_resumption": True},
+        }
+
+        def start(name):
+            variant = variants[name]
+            env = {}
+            flags = ["--id-prefix", "BENCH"]
+            tls_port = None
+            if "profile" in variant:
+                env["CPGW_AUTH__CREDENTIALS_FILE"] = str(files[variant["profile"]])
+                flags += ["--password", password]
+            if variant.get("tls"):
+                tls_port = free_port()
+                env["CPGW_TLS__ADDRESS"] = f"127.0.0.1:{tls_port}"
+                env["CPGW_TLS__CERTIFICATES"] = f"[{certificates}]"
+                flags += ["--ca-file", str(pki.ca_file)]
+            if variant.get("no_resumption"):
+                env["CPGW_TLS__SESSION_CACHE_SIZE"] = "0"
+                flags += ["--no-tls-resumption"]
+            return self.gateway(extra_env=env, name=name, tls_port=tls_port, simulator_flags=flags)
+
+        results = []
+        for name, variant in variants.items():
+            result = {"name": name}
+            if not variant.get("no_resumption"):
+                server = start(name)
+                try:
+                    result["memory"] = self.idle_memory(
+                        server, self.settings.idle_connections, f"{name}: idle memory"
+                    )
+                finally:
+                    server.stop()
+            server = start(name)
+            try:
+                result["storm"] = self.storm(
+                    server,
+                    self.settings.capacity_connections,
+                    label=f"{name}: reconnect storm",
+                    duration="40s" if not self.settings.quick else "6s",
+                )
+            finally:
+                server.stop()
+            if name in ("profile 0 (ws://)", "profile 2 (wss://, Basic)"):
+                server = start(name)
+                try:
+                    result["max"] = self.cpu_per_call(
+                        server,
+                        f"{name}: highest rate",
+                        [
+                            "-n", str(self.settings.load_connections),
+                            "--versions", "1.6=50,2.0.1=50",
+                            "--scenario", "telemetry",
+                            "--rate", "max",
+                            "--ramp-rate", str(self.settings.ramp_rate),
+                            "--warmup", self.settings.warmup,
+                            "--duration", self.settings.duration,
+                        ],
+                    )
+                finally:
+                    server.stop()
+            results.append(result)
+        return results
+
     def side_by_side(self, name, start):
         """Memory per idle connection, highest rate, latency at half of it, for one server."""
         result = {"name": name}
@@ -485,6 +584,7 @@ class Bench:
             ("python ocpp", self.python_ocpp),
         ]
         results["servers"] = [self.side_by_side(name, start) for name, start in peers]
+        results["security"] = self.security()
         results["fsync"] = self.fsync_cost()
 
         broker, brokers = self.tansu()
@@ -616,6 +716,43 @@ def report(results, bench, quick):
     add(f"| {s.get('dropped', 0)} | {'%.2f s' % recovered if recovered is not None else 'not within the window'} (reconnect delay random in 0–1 s) | {errors} |")
     add("")
 
+    add("## Security profiles")
+    add("")
+    add("The gateway with each OCPP security profile, in this run: profile 0 (no authentication, `ws://`),")
+    add("1 (Basic credentials, `ws://`), 2 (Basic credentials over `wss://`, an RSA and an ECDSA certificate")
+    add("served; the simulator's rustls negotiates TLS 1.3), and 2 with TLS session resumption off at both")
+    add("ends (`tls.session_cache_size = 0`, `--no-tls-resumption`). Passwords are argon2id with 1 MiB and 1 pass")
+    add("(the default is 19 MiB, 2 passes) so that the first connection of every charge point does not take")
+    add("minutes; in the storm, reconnecting charge points are let in by the verification cache. The storm")
+    add(f"drops {bench.settings.capacity_connections} connections at once; each charge point reconnects after a random 0–1 s.")
+    add("")
+    add("| profile | memory per idle connection | storm: every charge point booted again after | storm errors | highest rate (CALL/s) | server CPU per CALL |")
+    add("|---|---|---|---|---|---|")
+    for variant in results["security"]:
+        memory = kib(variant["memory"]["bytes_per_connection"]) if "memory" in variant else "(as above)"
+        s = variant["storm"]["storm"] or {}
+        recovered = s.get("recovered_after_s")
+        errors = ", ".join(f"{k}: {v}" for k, v in (s.get("errors") or {}).items()) or "none"
+        rate = f"{variant['max']['window']['answered_per_s']:.0f}" if "max" in variant else ""
+        cpu = us(variant["max"]["server_cpu_us_per_call"]) if "max" in variant else ""
+        add(f"| {variant['name']} | {memory} | {'%.2f s' % recovered if recovered is not None else 'not within the window'} | {errors} | {rate} | {cpu} |")
+    add("")
+    base = {v["name"]: v for v in results["security"]}
+    p0, p1, p2, p2n = (base[n] for n in ("profile 0 (ws://)", "profile 1 (ws://, Basic)", "profile 2 (wss://, Basic)", "profile 2, no resumption"))
+    def recovered(v):
+        return (v["storm"]["storm"] or {}).get("recovered_after_s")
+    def ratio_of(a, b):
+        return ratio(a, b) if a is not None and b is not None else "n/a"
+    add(
+        f"Against profile 0 in the same run: storm recovery, profile 1 {ratio_of(recovered(p1), recovered(p0))}, "
+        f"profile 2 {ratio_of(recovered(p2), recovered(p0))}, profile 2 without resumption {ratio_of(recovered(p2n), recovered(p0))}; "
+        f"memory per idle connection, profile 1 {ratio(p1['memory']['bytes_per_connection'], p0['memory']['bytes_per_connection'])}, "
+        f"profile 2 {ratio(p2['memory']['bytes_per_connection'], p0['memory']['bytes_per_connection'])}; "
+        f"highest rate over wss:// {ratio(p2['max']['window']['answered_per_s'], p0['max']['window']['answered_per_s'])}."
+    )
+    add("The load generator does its side of every TLS handshake on its one core too, so the storm's")
+    add("recovery time over TLS is bounded by it as much as by the gateway.")
+    add("")
     add("## Throughput and latency, side by side")
     add("")
     add(f"{bench.settings.load_connections} charge points (half 1.6, half 2.0.1) send Heartbeat, StatusNotification and MeterValues in turn.")
@@ -750,6 +887,11 @@ def check(results):
             (f"{server['name']}: highest rate", server["max"]),
             (f"{server['name']}: latency at half rate", server["half"]),
         ]
+    for variant in results.get("security", []):
+        if "memory" in variant:
+            runs.append((f"{variant['name']}: idle memory", variant["memory"]["summary"]))
+        if "max" in variant:
+            runs.append((f"{variant['name']}: highest rate", variant["max"]))
     for label, summary in runs:
         if summary["errors"]:
             problems.append(f"{label}: errors {summary['errors']}")
@@ -758,6 +900,9 @@ def check(results):
     storm = results["storm"]["storm"] or {}
     if storm.get("recovered_after_s") is None:
         problems.append("reconnect storm: not every charge point booted again")
+    for variant in results.get("security", []):
+        if ((variant["storm"]["storm"] or {}).get("recovered_after_s")) is None:
+            problems.append(f"{variant['name']}: reconnect storm: not every charge point booted again")
     return problems
 
 

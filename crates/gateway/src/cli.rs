@@ -51,7 +51,15 @@ pub enum Command {
     /// Reads a charge point password from standard input (one line) and prints its
     /// argon2id hash, for `password_hash` in the credentials file or `passwordHash` in
     /// the admin API. The password is never echoed or logged.
-    HashPassword,
+    HashPassword {
+        /// argon2id memory cost in KiB (the default is OWASP's recommendation; each
+        /// verification needs this much memory).
+        #[arg(long, default_value_t = crate::auth::password::DEFAULT_MEMORY_KIB)]
+        memory_kib: u32,
+        /// argon2id passes over the memory.
+        #[arg(long, default_value_t = crate::auth::password::DEFAULT_PASSES)]
+        passes: u32,
+    },
 }
 
 /// `--events` values.

@@ -19,8 +19,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::HashPassword) = cli.command {
-        return hash_password();
+    if let Some(Command::HashPassword { memory_kib, passes }) = cli.command {
+        return hash_password(memory_kib, passes);
     }
     let config = match Config::load(&cli) {
         Ok(config) => config,
@@ -44,7 +44,7 @@ async fn main() -> ExitCode {
 
 /// `hash-password`: one line from standard input to an argon2id PHC string on standard
 /// output.
-fn hash_password() -> ExitCode {
+fn hash_password(memory_kib: u32, passes: u32) -> ExitCode {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().read_line(&mut line) {
         eprintln!("charge-point-gateway: cannot read the password: {e}");
@@ -61,7 +61,7 @@ fn hash_password() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match PasswordHashString::hash(password.as_bytes()) {
+    match PasswordHashString::hash_with(password.as_bytes(), memory_kib, passes) {
         Ok(hash) => {
             println!("{}", hash.as_str());
             ExitCode::SUCCESS

@@ -52,6 +52,10 @@ pub struct ConnectArgs {
     /// Private key (PEM) for --client-cert.
     #[arg(long, requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+    /// Never resume a TLS session (by default each charge point resumes its own, as a
+    /// station does when it reconnects).
+    #[arg(long)]
+    pub no_tls_resumption: bool,
     /// Local addresses to connect from, in turn: `127.0.0.2-127.0.0.20,127.0.1.1`. Each
     /// source address has its own range of ephemeral ports, so several get past the
     /// ~28,000 connections one address can open to one server port.
@@ -74,6 +78,7 @@ impl ConnectArgs {
                 ca_file: self.ca_file.clone(),
                 client_cert: self.client_cert.clone(),
                 client_key: self.client_key.clone(),
+                no_resumption: self.no_tls_resumption,
             },
             self.password.clone(),
             self.source_addresses.clone().unwrap_or_default(),

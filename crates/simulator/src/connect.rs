@@ -106,7 +106,7 @@ pub struct Connector {
     base: String,
     host: String,
     port: u16,
-    tls: Option<TlsConnector>,
+    tls: Option<Arc<ClientTls>>,
     /// Basic auth password; `{id}` in it becomes the charge point id.
     password: Option<String>,
     /// Local addresses to connect from, used in turn.
@@ -124,6 +124,37 @@ pub struct TlsOptions {
     pub client_cert: Option<std::path::PathBuf>,
     /// Its private key (PEM).
     pub client_key: Option<std::path::PathBuf>,
+    /// Do not resume TLS sessions: every connection does a full handshake.
+    pub no_resumption: bool,
+}
+
+/// TLS for the connector: with resumption, each charge point keeps its own session cache,
+/// as a real station does (one shared cache would hand a few tickets to thousands of
+/// charge points reconnecting at once, and most would do a full handshake).
+struct ClientTls {
+    base: Arc<rustls::ClientConfig>,
+    resume: bool,
+    per_charge_point: std::sync::Mutex<std::collections::HashMap<String, TlsConnector>>,
+}
+
+impl ClientTls {
+    fn connector_for(&self, id: &str) -> TlsConnector {
+        if !self.resume {
+            return TlsConnector::from(self.base.clone());
+        }
+        let mut connectors = self
+            .per_charge_point
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        connectors
+            .entry(id.to_owned())
+            .or_insert_with(|| {
+                let mut config = (*self.base).clone();
+                config.resumption = rustls::client::Resumption::in_memory_sessions(4);
+                TlsConnector::from(Arc::new(config))
+            })
+            .clone()
+    }
 }
 
 impl Connector {
@@ -151,7 +182,15 @@ impl Connector {
             .to_owned();
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let tls = if secure {
-            Some(TlsConnector::from(Arc::new(client_tls_config(tls)?)))
+            let mut config = client_tls_config(tls)?;
+            if tls.no_resumption {
+                config.resumption = rustls::client::Resumption::disabled();
+            }
+            Some(Arc::new(ClientTls {
+                base: Arc::new(config),
+                resume: !tls.no_resumption,
+                per_charge_point: Default::default(),
+            }))
         } else if tls.ca_file.is_some() || tls.client_cert.is_some() {
             anyhow::bail!("--ca-file, --client-cert and --client-key apply to wss:// URLs only");
         } else {
@@ -219,7 +258,12 @@ impl Connector {
             Some(tls) => {
                 let name = ServerName::try_from(self.host.clone())
                     .map_err(|error| ConnectError::Tls(std::io::Error::other(error)))?;
-                Either::Right(tls.connect(name, tcp).await.map_err(ConnectError::Tls)?)
+                Either::Right(
+                    tls.connector_for(id)
+                        .connect(name, tcp)
+                        .await
+                        .map_err(ConnectError::Tls)?,
+                )
             }
         };
         let mut request = self

@@ -419,6 +419,34 @@ async fn the_simulator_connects_with_security_profiles_2_and_3() {
     };
 
     let profile_2 = connector(trusting.clone(), Some("simulator-password-01"));
+    let first = profile_2
+        .connect("SIM-2", OcppVersion::V16, 0)
+        .await
+        .expect("profile 2 connects");
+    drop(first);
+    // Reconnecting, the charge point resumes its TLS session.
+    let again = profile_2
+        .connect("SIM-2", OcppVersion::V16, 0)
+        .await
+        .expect("profile 2 reconnects");
+    drop(again);
+    let resumed = "ocppgw_tls_handshakes_total{result=\"resumed\"}";
+    assert_eq!(gateway.sample(resumed).await, Some(1.0));
+    let without = connector(
+        TlsOptions {
+            no_resumption: true,
+            ..trusting.clone()
+        },
+        Some("simulator-password-01"),
+    );
+    for _ in 0..2 {
+        drop(without.connect("SIM-2", OcppVersion::V16, 0).await.unwrap());
+    }
+    assert_eq!(
+        gateway.sample(resumed).await,
+        Some(1.0),
+        "--no-tls-resumption never resumes"
+    );
     let _sim2 = profile_2
         .connect("SIM-2", OcppVersion::V16, 0)
         .await
@@ -439,6 +467,7 @@ async fn the_simulator_connects_with_security_profiles_2_and_3() {
             ca_file: Some(pki.ca_file.clone()),
             client_cert: Some(certificate.certificate_file.clone()),
             client_key: Some(certificate.key_file.clone()),
+            no_resumption: false,
         },
         None,
     );

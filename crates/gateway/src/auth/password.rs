@@ -13,6 +13,11 @@ use argon2::{
 use ocpp::OcppVersion;
 use rand::{distr::Alphanumeric, Rng};
 
+/// argon2id memory cost of new hashes, in KiB (OWASP's recommendation).
+pub const DEFAULT_MEMORY_KIB: u32 = 19 * 1024;
+/// argon2id passes of new hashes.
+pub const DEFAULT_PASSES: u32 = 2;
+
 /// An argon2id PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`), checked to parse.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PasswordHashString(String);
@@ -42,10 +47,21 @@ impl PasswordHashString {
         Ok(PasswordHashString(phc.to_owned()))
     }
 
-    /// Hashes `password` with argon2id and the crate's recommended parameters (OWASP:
-    /// 19 MiB, 2 passes, 1 lane) and a random salt. Slow: not on the async runtime.
+    /// Hashes `password` with argon2id and the recommended parameters (OWASP: 19 MiB,
+    /// 2 passes, 1 lane) and a random salt. Slow: not on the async runtime.
     pub fn hash(password: &[u8]) -> Result<PasswordHashString, HashError> {
-        let hash = Argon2::default()
+        PasswordHashString::hash_with(password, DEFAULT_MEMORY_KIB, DEFAULT_PASSES)
+    }
+
+    /// Hashes `password` with argon2id, `memory_kib` KiB and `passes` passes (1 lane).
+    pub fn hash_with(
+        password: &[u8],
+        memory_kib: u32,
+        passes: u32,
+    ) -> Result<PasswordHashString, HashError> {
+        let params = argon2::Params::new(memory_kib, passes, 1, None)
+            .map_err(|e| HashError::Hashing(e.to_string()))?;
+        let hash = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
             .hash_password(password)
             .map_err(|e| HashError::Hashing(e.to_string()))?;
         Ok(PasswordHashString(hash.to_string()))
@@ -120,6 +136,24 @@ mod tests {
         assert!(!hash.verify(b""));
         let reparsed = PasswordHashString::parse(hash.as_str()).unwrap();
         assert!(reparsed.verify(b"0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_hash_records_its_parameters_and_verifies_with_them() {
+        let hash = PasswordHashString::hash_with(b"0123456789abcdef", 1024, 1).unwrap();
+        assert!(
+            hash.as_str().contains("$m=1024,t=1,p=1$"),
+            "{}",
+            hash.as_str()
+        );
+        assert!(hash.verify(b"0123456789abcdef"));
+        assert!(PasswordHashString::hash_with(b"x", 1, 1).is_err());
+        let default = PasswordHashString::hash(b"0123456789abcdef").unwrap();
+        assert!(
+            default.as_str().contains("$m=19456,t=2,p=1$"),
+            "{}",
+            default.as_str()
+        );
     }
 
     #[test]
