@@ -12,8 +12,7 @@ use tracing::{info, warn};
 use crate::{
     admin::{self, AdminState},
     auth::{
-        events::SecurityEvents, metrics::AuthMetrics, store::FileStore, Authenticator,
-        CertificatePolicy, CredentialStore,
+        metrics::AuthMetrics, store::FileStore, Authenticator, CertificatePolicy, CredentialStore,
     },
     backend::{Commander, ReplyRouter},
     config::{Config, EventOutput},
@@ -26,6 +25,7 @@ use crate::{
     pipeline::{BackendAnswers, Pipeline, Publisher},
     registry::Registry,
     responder::LocalResponder,
+    security_events::SecurityEvents,
     session::SessionContext,
     sink::{
         embedded::{EmbeddedOptions, EmbeddedSink, Output},
@@ -166,14 +166,26 @@ impl Gateway {
         let backend = replies
             .as_ref()
             .map(|replies| BackendAnswers::new(replies.clone(), config.backend.clone()));
-        let pipeline = Arc::new(Pipeline::new(
-            validator.clone(),
-            LocalResponder::new(&config.responder),
-            Publisher::new(config.node_id.clone(), events.sink.clone(), ring.clone()),
-            metrics.clone(),
-            &config.events.durable_actions,
-            backend,
+        let security_events = Arc::new(SecurityEvents::new(
+            Some(Arc::new(Publisher::new(
+                config.node_id.clone(),
+                events.sink.clone(),
+                ring.clone(),
+            ))),
+            config.auth.max_security_events_per_second,
+            &mut registry,
         ));
+        let pipeline = Arc::new(
+            Pipeline::new(
+                validator.clone(),
+                LocalResponder::new(&config.responder),
+                Publisher::new(config.node_id.clone(), events.sink.clone(), ring.clone()),
+                metrics.clone(),
+                &config.events.durable_actions,
+                backend,
+            )
+            .with_security_events(security_events.clone()),
+        );
         let sessions_context = Arc::new(SessionContext {
             config: config.session.clone(),
             handler: pipeline.clone(),
@@ -188,15 +200,6 @@ impl Gateway {
             )?)),
             None => None,
         };
-        let security_events = SecurityEvents::new(
-            Some(Arc::new(Publisher::new(
-                config.node_id.clone(),
-                events.sink.clone(),
-                ring.clone(),
-            ))),
-            config.auth.max_security_events_per_second,
-            auth_metrics.clone(),
-        );
         let auth = Arc::new(Authenticator::new(
             credentials
                 .clone()

@@ -54,6 +54,9 @@ pub struct Accepted {
     pub version: OcppVersion,
     /// Whether the version is the fallback (no subprotocol offered).
     pub fallback: bool,
+    /// The serial number its BootNotification must carry (set by authentication when a
+    /// client certificate is bound to a serial number).
+    pub bound_serial_number: Option<String>,
 }
 
 /// Why a handshake is refused.
@@ -356,6 +359,7 @@ impl HandshakePolicy {
             charge_point_id,
             version,
             fallback,
+            bound_serial_number: None,
         })
     }
 

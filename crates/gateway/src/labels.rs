@@ -56,6 +56,9 @@ closed_set! {
         PingTimeout => "ping_timeout",
         /// `session.bad_message_limit` consecutive bad messages.
         TooManyBadMessages => "too_many_bad_messages",
+        /// The BootNotification's serial number is not the one the client certificate
+        /// names (`tls.client_certificate_binding = "serial_number"`).
+        SerialNumberMismatch => "serial_number_mismatch",
         /// The same charge point id connected again.
         ReplacedByNewConnection => "replaced_by_new_connection",
         /// `DELETE /api/v1/connections/{id}`.
@@ -79,7 +82,9 @@ impl DisconnectReason {
             DisconnectReason::InvalidUtf8 => Some(1007),
             DisconnectReason::WebsocketProtocolError => Some(1002),
             DisconnectReason::BinaryFrame => Some(1003),
-            DisconnectReason::TooManyBadMessages => Some(1008),
+            DisconnectReason::TooManyBadMessages | DisconnectReason::SerialNumberMismatch => {
+                Some(1008)
+            }
             DisconnectReason::ReplacedByNewConnection
             | DisconnectReason::DisconnectedByOperator => Some(1000),
             DisconnectReason::GatewayShutdown | DisconnectReason::ClosedByGateway => Some(1001),

@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod proxy_protocol;
 pub mod registry;
 pub mod responder;
+pub mod security_events;
 pub mod session;
 pub mod sink;
 pub mod telemetry;

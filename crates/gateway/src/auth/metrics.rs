@@ -1,18 +1,16 @@
-//! Authentication's metrics: results by profile, security events by kind, and the
-//! credential store.
+//! Authentication's metrics: results by profile, and the credential store.
 
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 
 use crate::{
-    labels::{AuthResult, SecurityEventKind, SecurityProfile},
-    metrics::{KindLabels, MetricsRegistry, ProfileResultLabels, ResultLabels},
+    labels::{AuthResult, SecurityProfile},
+    metrics::{MetricsRegistry, ProfileResultLabels, ResultLabels},
 };
 
 /// What authentication counts.
 #[derive(Clone, Default)]
 pub struct AuthMetrics {
     results: Family<ProfileResultLabels, Counter>,
-    security_events: Family<KindLabels, Counter>,
     credential_reloads: Family<ResultLabels, Counter>,
     credential_records: Gauge,
 }
@@ -25,11 +23,6 @@ impl AuthMetrics {
             "ocppgw_auth_results",
             "Charge point authentication results by required profile and result",
             m.results.clone(),
-        );
-        r.add(
-            "ocppgw_security_events",
-            "Security events by kind (all counted; published up to auth.max_security_events_per_second)",
-            m.security_events.clone(),
         );
         r.add(
             "ocppgw_credential_reloads",
@@ -49,11 +42,6 @@ impl AuthMetrics {
                 });
             }
         }
-        for kind in SecurityEventKind::ALL {
-            let _ = m.security_events.get_or_create(&KindLabels {
-                kind: kind.as_str(),
-            });
-        }
         for result in ["ok", "error"] {
             let _ = m.credential_reloads.get_or_create(&ResultLabels { result });
         }
@@ -66,15 +54,6 @@ impl AuthMetrics {
             .get_or_create(&ProfileResultLabels {
                 profile: profile.as_str(),
                 result: result.as_str(),
-            })
-            .inc();
-    }
-
-    /// Counts one security event.
-    pub fn security_event(&self, kind: SecurityEventKind) {
-        self.security_events
-            .get_or_create(&KindLabels {
-                kind: kind.as_str(),
             })
             .inc();
     }

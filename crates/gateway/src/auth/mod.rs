@@ -15,7 +15,6 @@
 pub mod backoff;
 pub mod basic;
 pub mod config;
-pub mod events;
 pub mod metrics;
 pub mod password;
 pub mod reload;
@@ -37,13 +36,13 @@ pub use crate::labels::{AuthResult, SecurityProfile};
 use self::{
     backoff::{BackoffPolicy, FailureBackoff},
     basic::BasicCredentials,
-    events::SecurityEvents,
     metrics::AuthMetrics,
     store::Change,
     verifier::{Matched, Verifier},
 };
 use crate::{
     labels::SecurityEventKind,
+    security_events::SecurityEvents,
     tls::{CertificateBinding, ClientCertificate},
 };
 
@@ -89,7 +88,8 @@ impl CertificatePolicy {
             CertificateBinding::ChargePointId => {
                 certificate.common_names.iter().any(|name| name == id)
             }
-            CertificateBinding::None => true,
+            // Checked against the BootNotification, once it arrives.
+            CertificateBinding::SerialNumber | CertificateBinding::None => true,
         };
         let operator = self.operator_name.as_ref().is_none_or(|operator| {
             certificate
@@ -132,7 +132,7 @@ pub struct Authenticator {
     verifier: Verifier,
     backoff: Mutex<FailureBackoff>,
     metrics: AuthMetrics,
-    events: SecurityEvents,
+    events: Arc<SecurityEvents>,
 }
 
 impl Authenticator {
@@ -142,7 +142,7 @@ impl Authenticator {
         config: AuthConfig,
         certificates: CertificatePolicy,
         metrics: AuthMetrics,
-        events: SecurityEvents,
+        events: Arc<SecurityEvents>,
     ) -> Authenticator {
         Authenticator {
             store,
@@ -175,6 +175,17 @@ impl Authenticator {
     /// Forgets what was verified for `id`: its record changed.
     pub fn forget(&self, id: &str) {
         self.verifier.forget(id);
+    }
+
+    /// The serial number a charge point with `certificate` must send in its
+    /// BootNotification, when certificates are bound to serial numbers.
+    pub fn bound_serial_number(&self, certificate: Option<&ClientCertificate>) -> Option<String> {
+        match self.certificates.binding {
+            CertificateBinding::SerialNumber => {
+                certificate.and_then(|certificate| certificate.common_names.first().cloned())
+            }
+            _ => None,
+        }
     }
 
     /// The security events publisher (rotation reports through it too).

@@ -248,11 +248,10 @@ impl OcppListener {
         else {
             return;
         };
-        let info = Arc::new(ConnectionInfo::new(
-            accepted.charge_point_id,
-            accepted.version,
-            peer,
-        ));
+        let info = Arc::new(
+            ConnectionInfo::new(accepted.charge_point_id, accepted.version, peer)
+                .with_bound_serial_number(accepted.bound_serial_number),
+        );
         let (handle, end) =
             SessionHandle::new(info.clone(), self.sessions_context.config.call_queue_size);
         let span = info_span!(
@@ -449,7 +448,15 @@ impl OcppListener {
             transport,
         };
         match self.auth.authenticate(attempt).await {
-            Ok(_profile) => Ok(accepted),
+            Ok(profile) => {
+                let mut accepted = accepted;
+                if profile == crate::auth::SecurityProfile::TlsClientCertificate {
+                    if let Transport::Tls { certificate } = transport {
+                        accepted.bound_serial_number = self.auth.bound_serial_number(certificate);
+                    }
+                }
+                Ok(accepted)
+            }
             Err(Denied {
                 retry_after: Some(wait),
                 ..

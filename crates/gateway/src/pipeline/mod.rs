@@ -8,8 +8,6 @@
 //! The session (`crate::session`) owns the socket and calls in through
 //! [`MessageHandler`]; this module never sees a socket.
 
-mod publisher;
-
 use std::{collections::HashSet, sync::Arc};
 
 use chrono::Utc;
@@ -18,7 +16,7 @@ use ocpp::{frame::RpcError, ErrorCode, MessageType, OcppVersion};
 use serde_json::{json, value::RawValue, Value};
 use tracing::{debug, info, warn};
 
-pub use publisher::Publisher;
+pub use crate::sink::publisher::Publisher;
 
 use crate::{
     backend::{config::BackendConfig, config::ReplyFallback, Reply, ReplyRouter},
@@ -26,8 +24,10 @@ use crate::{
         ClosedData, EventData, MessageData, OpenedData, CONNECTION_CLOSED, CONNECTION_OPENED,
         MESSAGE_RECEIVED,
     },
+    labels::{DisconnectReason, SecurityEventKind, SecurityProfile},
     metrics::{action_label, ActionLabels, Metrics, ReasonLabels, VersionLabels},
     responder::LocalResponder,
+    security_events::SecurityEvents,
     session::{
         CallErrorInfo, CallOutcome, CallReply, ConnectionInfo, EndReason, ErrorOrigin, InboundCall,
         MessageHandler, ResponseVerdict,
@@ -61,6 +61,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     durable_actions: HashSet<String>,
     backend: Option<BackendAnswers>,
+    security: Option<Arc<SecurityEvents>>,
 }
 
 impl Pipeline {
@@ -82,7 +83,15 @@ impl Pipeline {
             metrics,
             durable_actions: durable_actions.iter().cloned().collect(),
             backend,
+            security: None,
         }
+    }
+
+    /// The same pipeline, reporting security events (a BootNotification whose serial
+    /// number is not its certificate's) through `security`.
+    pub fn with_security_events(mut self, security: Arc<SecurityEvents>) -> Pipeline {
+        self.security = Some(security);
+        self
     }
 
     /// A charge point connected: counted, logged and published.
@@ -156,6 +165,33 @@ impl Pipeline {
             .await;
     }
 
+    /// With certificates bound to serial numbers (OCPP 2.0.1 B01.FR.12), a BootNotification
+    /// must carry the serial number the certificate names: otherwise the connection is
+    /// closed (1008) instead of answered, and a security event says why.
+    fn check_serial_number(&self, info: &ConnectionInfo, payload: &RawValue) -> Option<CallReply> {
+        let expected = info.bound_serial_number.as_deref()?;
+        let sent = boot_serial_number(info.version, payload);
+        if sent.as_deref() == Some(expected) {
+            return None;
+        }
+        crate::warn_limited!(charge_point_id = %info.charge_point_id, certificate = %expected, serial_number = ?sent, "BootNotification serial number is not the certificate's; closing");
+        if let Some(security) = &self.security {
+            security.report(
+                SecurityEventKind::CertificateRefused,
+                &info.charge_point_id,
+                info.peer_address.ip(),
+                "serial_number_mismatch",
+                Some(SecurityProfile::TlsClientCertificate),
+            );
+        }
+        Some(CallReply {
+            frame: String::new(),
+            bad_message: false,
+            error: None,
+            close: Some(DisconnectReason::SerialNumberMismatch),
+        })
+    }
+
     /// Whether `action` is answered by the backend.
     fn backend_for(&self, action: &str) -> Option<&BackendAnswers> {
         self.backend
@@ -187,6 +223,11 @@ impl Pipeline {
                 return rejection_reply(&message_id, version, rejection);
             }
         };
+        if action == "BootNotification" {
+            if let Some(refused) = self.check_serial_number(&info, &payload) {
+                return refused;
+            }
+        }
         if checked.timestamps_without_zone > 0 {
             self.metrics
                 .timestamps_without_zone
@@ -313,6 +354,7 @@ impl Pipeline {
                     ),
                     bad_message: false,
                     error: Some(code),
+                    close: None,
                 })
             }
         }
@@ -470,6 +512,7 @@ impl CallReply {
             ),
             bad_message: false,
             error: Some(code),
+            close: None,
         }
     }
 
@@ -482,6 +525,7 @@ impl CallReply {
                 frame,
                 bad_message: false,
                 error: None,
+                close: None,
             },
             Err(e) => CallReply::refusal(
                 message_id,
@@ -491,6 +535,17 @@ impl CallReply {
             ),
         }
     }
+}
+
+/// The serial number a BootNotification carries: 1.6 `chargePointSerialNumber`, 2.x
+/// `chargingStation.serialNumber`.
+fn boot_serial_number(version: OcppVersion, payload: &RawValue) -> Option<String> {
+    let payload: Value = serde_json::from_str(payload.get()).ok()?;
+    let serial = match version {
+        OcppVersion::V16 => &payload["chargePointSerialNumber"],
+        OcppVersion::V201 | OcppVersion::V21 => &payload["chargingStation"]["serialNumber"],
+    };
+    serial.as_str().map(str::to_owned)
 }
 
 /// The CALLERROR of a CALL that failed its checks.
@@ -505,5 +560,6 @@ fn rejection_reply(message_id: &str, version: OcppVersion, rejection: CallReject
         ),
         bad_message: rejection.bad_message,
         error: Some(rejection.code),
+        close: None,
     }
 }

@@ -37,6 +37,9 @@ pub struct ConnectionInfo {
     pub peer_address: SocketAddr,
     /// When the WebSocket handshake completed.
     pub connected_at: DateTime<Utc>,
+    /// The serial number the charge point's BootNotification must carry: its client
+    /// certificate's CN, when certificates are bound to serial numbers.
+    pub bound_serial_number: Option<Box<str>>,
     last_message_at_ms: AtomicI64,
     pending_call: Mutex<Option<PendingCallInfo>>,
 }
@@ -62,9 +65,16 @@ impl ConnectionInfo {
             version,
             peer_address,
             connected_at: Utc::now(),
+            bound_serial_number: None,
             last_message_at_ms: AtomicI64::new(0),
             pending_call: Mutex::new(None),
         }
+    }
+
+    /// The same info, with the serial number its BootNotification must carry.
+    pub fn with_bound_serial_number(mut self, serial_number: Option<String>) -> Self {
+        self.bound_serial_number = serial_number.map(String::into_boxed_str);
+        self
     }
 
     /// Records that a message arrived now.

@@ -31,6 +31,8 @@ pub struct CallReply {
     pub bad_message: bool,
     /// The code, when the frame is a CALLERROR.
     pub error: Option<ErrorCode>,
+    /// Close the connection for this reason instead of answering (`frame` is not sent).
+    pub close: Option<crate::labels::DisconnectReason>,
 }
 
 /// What becomes of a charge point's CALLRESULT to the gateway's CALL.

@@ -229,6 +229,9 @@ where
                 _ = self.end.woken() => {}
                 reply = async { match in_flight { Some(call) => (&mut call.reply).await, None => std::future::pending().await } } => {
                     let Some(call) = self.in_flight.take() else { continue };
+                    if let Some(reason) = reply.close {
+                        return Box::pin(self.close(reason)).await;
+                    }
                     let size = reply.frame.len();
                     if let Err(ended) = Box::pin(self.send_text(reply.frame)).await { return ended; }
                     self.count_reply(&call, reply.error, size);

@@ -48,6 +48,7 @@ impl MessageHandler for Scripted {
                     .to_string(),
                 bad_message: false,
                 error: None,
+                close: None,
             }
         })
     }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod embedded;
 pub mod metrics;
+pub mod publisher;
 pub mod ring;
 
 use std::{

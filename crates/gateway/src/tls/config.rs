@@ -52,6 +52,10 @@ pub enum TlsVersion {
 pub enum CertificateBinding {
     /// The subject's CN is the charge point id of the URL (the default).
     ChargePointId,
+    /// The subject's CN is the serial number the charge point's BootNotification
+    /// carries (OCPP 2.0.1 B01.FR.12): checked at BootNotification, and a mismatch (or a
+    /// BootNotification without one) closes the connection with 1008.
+    SerialNumber,
     /// Any certificate the CA bundle verifies will do, for any id.
     None,
 }

@@ -344,3 +344,76 @@ async fn a_renewed_certificate_is_served_without_dropping_connections() {
     assert!(client(&first_ca).connect(gw.tls.unwrap()).await.is_err());
     heartbeat(&mut cp).await;
 }
+
+#[tokio::test]
+async fn a_certificate_bound_to_a_serial_number_must_match_the_boot_notification() {
+    use charge_point_gateway::config::CertificateBinding;
+
+    let pki = Pki::new("Charging CA");
+    let credentials = credentials();
+    let gw = start(&pki, &credentials, |config| {
+        config.tls.client_certificate_binding = CertificateBinding::SerialNumber;
+    })
+    .await;
+    let certificate = pki.client("SN-0042", None, Validity::Current);
+    let client = TlsClient {
+        ca_file: Some(&pki.ca_file),
+        certificate: Some(&certificate),
+        ..TlsClient::default()
+    };
+    let boot_201 = |serial: &str| {
+        json!({
+            "reason": "PowerUp",
+            "chargingStation": {"model": "One", "vendorName": "Acme", "serialNumber": serial}
+        })
+    };
+
+    let mut cp = gw
+        .connect_tls("CP-3", "ocpp2.0.1", None, &client)
+        .await
+        .unwrap();
+    let reply = cp.call("b1", "BootNotification", boot_201("SN-0042")).await;
+    assert_eq!(reply[0], 3, "{reply}");
+
+    let mut cp = gw
+        .connect_tls("CP-3", "ocpp2.0.1", None, &client)
+        .await
+        .unwrap();
+    cp.send_json(json!([2, "b2", "BootNotification", boot_201("SN-9999")]))
+        .await;
+    let (code, _) = cp.closed().await;
+    assert_eq!(code, 1008);
+    gw.wait_for_event("CP-3", |e| {
+        e["type"] == "chargepointgateway.security.certificate_refused"
+            && e["data"]["result"] == "serial_number_mismatch"
+    })
+    .await;
+    // Counted once the session has ended, just after the close frame went out.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while gw
+        .sample("ocppgw_disconnects_total{reason=\"serial_number_mismatch\"}")
+        .await
+        != Some(1.0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "disconnect not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 1.6 names it chargePointSerialNumber; a BootNotification without one is a mismatch.
+    let mut cp = gw
+        .connect_tls("CP-3", "ocpp1.6", None, &client)
+        .await
+        .unwrap();
+    let boot_16 = json!({"chargePointVendor": "Acme", "chargePointModel": "One", "chargePointSerialNumber": "SN-0042"});
+    assert_eq!(cp.call("b3", "BootNotification", boot_16).await[0], 3);
+    let mut cp = gw
+        .connect_tls("CP-3", "ocpp1.6", None, &client)
+        .await
+        .unwrap();
+    cp.send_json(json!([2, "b4", "BootNotification", {"chargePointVendor": "Acme", "chargePointModel": "One"}]))
+        .await;
+    assert_eq!(cp.closed().await.0, 1008);
+}

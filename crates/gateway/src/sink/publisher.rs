@@ -1,4 +1,4 @@
-//! Where the pipeline's events go: the recent-events ring, then the sink.
+//! Where events go: the recent-events ring, then the sink.
 
 use std::sync::Arc;
 

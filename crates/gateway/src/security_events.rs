@@ -9,11 +9,13 @@ use std::{net::IpAddr, sync::Arc};
 
 use parking_lot::Mutex;
 
-use super::metrics::AuthMetrics;
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
 use crate::{
     event::{EventData, SecurityData},
     labels::{AuthResult, SecurityEventKind, SecurityProfile},
-    pipeline::Publisher,
+    metrics::{KindLabels, MetricsRegistry},
+    sink::publisher::Publisher,
     token_bucket::TokenBucket,
 };
 
@@ -33,20 +35,32 @@ pub fn event_type(kind: SecurityEventKind) -> &'static str {
 pub struct SecurityEvents {
     publisher: Option<Arc<Publisher>>,
     rate: Mutex<TokenBucket>,
-    metrics: AuthMetrics,
+    counted: Family<KindLabels, Counter>,
 }
 
 impl SecurityEvents {
-    /// Events through `publisher` (`None`: counted only), at most `per_second` a second.
+    /// Events through `publisher` (`None`: counted only), at most `per_second` a second;
+    /// `ocppgw_security_events_total` is registered in `registry`, every kind at 0.
     pub fn new(
         publisher: Option<Arc<Publisher>>,
         per_second: u32,
-        metrics: AuthMetrics,
+        registry: &mut MetricsRegistry,
     ) -> SecurityEvents {
+        let counted = Family::<KindLabels, Counter>::default();
+        registry.add(
+            "ocppgw_security_events",
+            "Security events by kind (all counted; published up to auth.max_security_events_per_second)",
+            counted.clone(),
+        );
+        for kind in SecurityEventKind::ALL {
+            let _ = counted.get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            });
+        }
         SecurityEvents {
             publisher,
             rate: Mutex::new(TokenBucket::new(per_second.max(1))),
-            metrics,
+            counted,
         }
     }
 
@@ -61,7 +75,11 @@ impl SecurityEvents {
         result: impl Into<Outcome>,
         required_profile: Option<SecurityProfile>,
     ) {
-        self.metrics.security_event(kind);
+        self.counted
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
         let Some(publisher) = &self.publisher else {
             return;
         };
