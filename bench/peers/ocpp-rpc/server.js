@@ -5,24 +5,35 @@
 // actions the load sends (BootNotification, Heartbeat, StatusNotification,
 // MeterValues), for both OCPP 1.6 and 2.0.1.
 //
-//   node server.js --port 9000 --host 127.0.0.1
+//   node server.js --port 9000 --host 127.0.0.1 [--tls-cert FILE --tls-key FILE]
+//
+// With --tls-cert and --tls-key it serves wss:// through Node's own TLS server
+// (https.createServer), for the benchmark's TLS comparison.
 //
 // Prints one line `listening on HOST:PORT` once it accepts connections
 // (--port 0 picks a free port, and the line shows which).
 
+const fs = require('fs');
+const https = require('https');
 const { RPCServer } = require('ocpp-rpc');
 
 function parseArgs(argv) {
-    const opts = { host: '127.0.0.1', port: 9000 };
+    const opts = { host: '127.0.0.1', port: 9000, tlsCert: null, tlsKey: null };
     for (let i = 0; i < argv.length; i++) {
         const arg = argv[i];
         const value = argv[i + 1];
         if (arg === '--port') { opts.port = Number(value); i++; }
         else if (arg === '--host') { opts.host = value; i++; }
+        else if (arg === '--tls-cert') { opts.tlsCert = value; i++; }
+        else if (arg === '--tls-key') { opts.tlsKey = value; i++; }
         else {
-            process.stderr.write(`unknown argument: ${arg}\nusage: node server.js [--port N] [--host ADDR]\n`);
+            process.stderr.write(`unknown argument: ${arg}\nusage: node server.js [--port N] [--host ADDR] [--tls-cert FILE --tls-key FILE]\n`);
             process.exit(2);
         }
+    }
+    if ((opts.tlsCert === null) !== (opts.tlsKey === null)) {
+        process.stderr.write(`--tls-cert and --tls-key go together\n`);
+        process.exit(2);
     }
     if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) {
         process.stderr.write(`invalid --port\n`);
@@ -44,7 +55,7 @@ const handlers = {
 };
 
 async function main() {
-    const { host, port } = parseArgs(process.argv.slice(2));
+    const { host, port, tlsCert, tlsKey } = parseArgs(process.argv.slice(2));
 
     const server = new RPCServer({
         protocols: ['ocpp1.6', 'ocpp2.0.1'],
@@ -67,7 +78,20 @@ async function main() {
         }
     });
 
-    const httpServer = await server.listen(port, host);
+    let httpServer;
+    if (tlsCert) {
+        httpServer = https.createServer({
+            cert: fs.readFileSync(tlsCert),
+            key: fs.readFileSync(tlsKey),
+        });
+        httpServer.on('upgrade', server.handleUpgrade);
+        await new Promise((resolve, reject) => {
+            httpServer.once('error', reject);
+            httpServer.listen(port, host, resolve);
+        });
+    } else {
+        httpServer = await server.listen(port, host);
+    }
     const addr = httpServer.address();
     process.stdout.write(`listening on ${host}:${addr.port}\n`);
 

@@ -67,6 +67,7 @@ pub struct Gateway {
     credentials: Option<Arc<FileStore>>,
     auth_metrics: AuthMetrics,
     tls: Option<(Arc<TlsServer>, TcpListener, TlsMetrics)>,
+    admin_tls: Option<Arc<TlsServer>>,
 }
 
 /// Why the gateway could not start.
@@ -142,6 +143,11 @@ impl Gateway {
         };
         // Registered with TLS off too, so that dashboards and alerts see zeros, not gaps.
         let tls_metrics = TlsMetrics::register(&mut registry);
+        // HTTPS for the admin API; its handshakes are not counted with the charge points'.
+        let admin_tls = match config.admin.tls() {
+            Some(tls) => Some(Arc::new(TlsServer::new(tls, TlsMetrics::default())?)),
+            None => None,
+        };
         let tls = match config.tls.enabled() {
             true => {
                 let server = Arc::new(TlsServer::new(config.tls.clone(), tls_metrics.clone())?);
@@ -276,6 +282,7 @@ impl Gateway {
             credentials,
             auth_metrics,
             tls,
+            admin_tls,
         })
     }
 
@@ -416,6 +423,7 @@ impl Gateway {
             credentials,
             auth_metrics,
             tls,
+            admin_tls,
         } = self;
         info!(address = %ocpp_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ocpp listener bound");
         info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener bound");
@@ -439,8 +447,16 @@ impl Gateway {
             idle_timeout: config.admin.idle_timeout,
             max_body_bytes: ADMIN_MAX_BODY_BYTES,
         };
+        if let Some(server) = &admin_tls {
+            background.spawn(crate::tls::reload::watch(
+                server.clone(),
+                TlsMetrics::default(),
+                stop_http.clone(),
+            ));
+        }
         background.spawn(http_server::serve(
             admin_listener,
+            admin_tls,
             admin::router(admin),
             admin_limits,
             HttpListener::Admin,
@@ -457,6 +473,7 @@ impl Gateway {
             };
             background.spawn(http_server::serve(
                 listener,
+                None,
                 crate::metrics::server::router(scrape),
                 limits,
                 HttpListener::Metrics,

@@ -29,7 +29,9 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge}
 
 use crate::{
     labels::HttpListener,
+    listener::stream::TcpOrTls,
     metrics::{ListenerLabels, MetricsRegistry},
+    tls::TlsServer,
 };
 
 /// The HTTP listeners' metrics.
@@ -87,9 +89,11 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
 }
 
-/// Serves `router` on `listener` within `limits` until `stop`.
+/// Serves `router` on `listener` within `limits` until `stop`; over TLS (HTTPS) with
+/// `tls`, whose handshake must complete within the idle timeout.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<TlsServer>>,
     router: Router,
     limits: HttpLimits,
     name: HttpListener,
@@ -139,9 +143,25 @@ pub async fn serve(
                 }
             },
         };
-        let (open, stop) = (open.clone(), stop.clone());
+        let (open, stop, tls) = (open.clone(), stop.clone(), tls.clone());
         open.inc();
         connections.spawn(async move {
+            let stream = match tls {
+                None => TcpOrTls::Plain(stream),
+                Some(tls) => match tokio::time::timeout(head_timeout, tls.accept(stream)).await {
+                    Ok(Ok((stream, _))) => TcpOrTls::Tls(Box::new(stream)),
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = ?e, "TLS handshake failed");
+                        open.dec();
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        open.dec();
+                        return;
+                    }
+                },
+            };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -27,6 +27,11 @@ pub struct AdminConfig {
     /// requests, before its connection is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// PEM certificate (and intermediates) to serve the admin API over HTTPS; with
+    /// `tls_key_file`. Unset: plain HTTP.
+    pub tls_certificate_file: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_certificate_file`.
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -37,11 +42,28 @@ impl Default for AdminConfig {
             allow_unauthenticated: false,
             max_connections: 128,
             idle_timeout: Duration::from_secs(10),
+            tls_certificate_file: None,
+            tls_key_file: None,
         }
     }
 }
 
 impl AdminConfig {
+    /// The TLS settings of the admin listener, when it serves HTTPS.
+    pub fn tls(&self) -> Option<crate::tls::TlsConfig> {
+        let (certificate_file, key_file) = (
+            self.tls_certificate_file.clone()?,
+            self.tls_key_file.clone()?,
+        );
+        Some(crate::tls::TlsConfig {
+            certificates: vec![crate::tls::CertificateFiles {
+                certificate_file,
+                key_file,
+            }],
+            ..crate::tls::TlsConfig::default()
+        })
+    }
+
     /// Whether the API listens on a loopback address only.
     pub fn is_loopback(&self) -> bool {
         self.address.ip().is_loopback()
@@ -55,6 +77,12 @@ impl AdminConfig {
         }
         if self.idle_timeout.is_zero() {
             return Err(invalid("admin.idle_timeout", "must be greater than zero"));
+        }
+        if self.tls_certificate_file.is_some() != self.tls_key_file.is_some() {
+            return Err(invalid(
+                "admin.tls_certificate_file",
+                "admin.tls_certificate_file and admin.tls_key_file go together",
+            ));
         }
         if self.api_token.as_deref() == Some("") {
             return Err(invalid("admin.api_token", "must not be empty when set"));

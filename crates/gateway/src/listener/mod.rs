@@ -28,7 +28,7 @@ use tracing::{debug, info, info_span, Instrument};
 pub use self::config::ListenerConfig;
 pub use self::limits::{AddressLimit, SocketBudget};
 
-use self::stream::ChargePointStream;
+use self::stream::TcpOrTls;
 use crate::{
     auth::{Attempt, Authenticator, Denied, Transport},
     handshake::{Accepted, HandshakePolicy, Refusal},
@@ -278,7 +278,7 @@ impl OcppListener {
     /// session itself is boxed by `session::run`.
     fn connection(
         &self,
-        ws: WebSocketStream<ChargePointStream>,
+        ws: WebSocketStream<TcpOrTls>,
         info: Arc<ConnectionInfo>,
         end: SessionEnd,
         fallback: bool,
@@ -336,17 +336,17 @@ impl OcppListener {
                         .accept(stream)
                         .await
                         .map_err(|failure| Failed::Tls(failure, peer))?;
-                    (ChargePointStream::Tls(Box::new(stream)), Some(certificate))
+                    (TcpOrTls::Tls(Box::new(stream)), Some(certificate))
                 }
                 // TLS ended at a trusted balancer, which verified the certificate.
                 (None, Some(tls)) => (
-                    ChargePointStream::Plain(stream),
+                    TcpOrTls::Plain(stream),
                     Some(tls.certificate_verified.then(|| ClientCertificate {
                         common_names: tls.common_name.into_iter().collect(),
                         organizations: Vec::new(),
                     })),
                 ),
-                (None, None) => (ChargePointStream::Plain(stream), None),
+                (None, None) => (TcpOrTls::Plain(stream), None),
             };
             let transport = match &certificate {
                 None => Transport::Plain,
@@ -483,7 +483,7 @@ enum Failed {
 
 /// An upgraded connection, its client, and the client's place under the address limit.
 struct Upgraded {
-    ws: WebSocketStream<ChargePointStream>,
+    ws: WebSocketStream<TcpOrTls>,
     accepted: Accepted,
     peer: SocketAddr,
     address_slot: Option<limits::AddressSlot>,

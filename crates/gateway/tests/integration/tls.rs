@@ -417,3 +417,41 @@ async fn a_certificate_bound_to_a_serial_number_must_match_the_boot_notification
         .await;
     assert_eq!(cp.closed().await.0, 1008);
 }
+
+#[tokio::test]
+async fn the_admin_api_serves_https_when_given_a_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new("Admin CA");
+    let server = pki.server_ecdsa();
+    let gw = TestGateway::start_with(move |config| {
+        config.admin.tls_certificate_file = Some(server.certificate_file);
+        config.admin.tls_key_file = Some(server.key_file);
+    })
+    .await;
+    let client = TlsClient {
+        ca_file: Some(&pki.ca_file),
+        ..TlsClient::default()
+    };
+    let mut stream = client.connect(gw.admin).await.expect("HTTPS");
+    stream
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(STEP, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(r#"{"status":"ok"}"#), "{response}");
+    // Plain HTTP gets no answer on the HTTPS port.
+    let plain = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/livez", gw.admin))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+}
