@@ -201,3 +201,52 @@ async def test_a_reconnecting_client_resumes_its_session(tls_gateway, pki):
     with handshake(tls_gateway, context, session=session) as second:
         assert second.session_reused
     assert metric(tls_gateway, series) == before + 1
+
+
+@pytest.fixture(scope="module")
+def revoking_gateway(tmp_path_factory):
+    """A gateway whose CA has revoked one charge point's certificate."""
+    pki = Pki(tmp_path_factory.mktemp("crl-pki"), name="Revoking CA")
+    server = pki.server("ecdsa")
+    revoked = pki.client("CRL-3")
+    kept = pki.client("CRL-3")
+    crl = pki.revocation_list([revoked[0]])
+    credentials = tmp_path_factory.mktemp("crl-auth") / "credentials.jsonl"
+    credentials.write_text(json.dumps({"id": "CRL-3", "profile": 3}) + "\n")
+    gw = Gateway(
+        gateway_binary(),
+        extra_env={
+            "CPGW_TLS__ADDRESS": "127.0.0.1:0",
+            "CPGW_TLS__CERTIFICATES": f'[{{certificate_file="{server[0]}",key_file="{server[1]}"}}]',
+            "CPGW_TLS__CLIENT_CA_FILE": str(pki.ca_file),
+            "CPGW_TLS__CRL_FILE": str(crl),
+            "CPGW_AUTH__CREDENTIALS_FILE": str(credentials),
+        },
+        tls=True,
+    )
+    gw.start()
+    try:
+        yield gw, pki, revoked, kept
+    finally:
+        assert gw.stop(20.0) == 0, gw.log_text(last=50)
+
+
+async def test_a_revoked_certificate_is_refused(revoking_gateway):
+    gw, pki, revoked, kept = revoking_gateway
+    async with charge_point(
+        gw, ocpp.v201.ChargePoint, "CRL-3", "ocpp2.0.1", client_context(pki, kept)
+    ) as cp:
+        await asyncio.wait_for(cp.call(ocpp.v201.call.Heartbeat()), STEP_TIMEOUT_S)
+    series = 'ocppgw_tls_handshakes_total{result="certificate_refused"}'
+    before = metric(gw, series)
+    # The refusal arrives as a TLS alert: during the handshake (TLS 1.2) or on the first
+    # read after it (TLS 1.3, during the WebSocket upgrade).
+    with pytest.raises((ssl.SSLError, OSError, websockets.exceptions.WebSocketException)):
+        async with charge_point(
+            gw, ocpp.v201.ChargePoint, "CRL-3", "ocpp2.0.1", client_context(pki, revoked)
+        ):
+            pass
+    deadline = asyncio.get_running_loop().time() + STEP_TIMEOUT_S
+    while metric(gw, series) < before + 1:
+        assert asyncio.get_running_loop().time() < deadline, "the refusal was not counted"
+        await asyncio.sleep(0.02)

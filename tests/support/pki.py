@@ -53,6 +53,27 @@ class Pki:
             "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
         )
 
+    def revocation_list(self, revoked: list[Path]) -> Path:
+        """A CRL of this CA (PEM) that revokes the certificates `revoked`."""
+        (self.dir / "index.txt").write_text("")
+        (self.dir / "crlnumber").write_text("01\n")
+        (self.dir / "ca.cnf").write_text(
+            "[ca]\ndefault_ca = this\n[this]\ndatabase = index.txt\ncrlnumber = crlnumber\n"
+            "default_md = sha256\ndefault_crl_days = 30\n"
+        )
+        for certificate in revoked:
+            _openssl(
+                "ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+                "-revoke", str(certificate),
+                cwd=self.dir,
+            )
+        _openssl(
+            "ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+            "-gencrl", "-out", "crl.pem",
+            cwd=self.dir,
+        )
+        return self.dir / "crl.pem"
+
     def client(self, common_name: str, organization: str | None = None) -> tuple[Path, Path]:
         """A charge point's client certificate with subject CN `common_name`."""
         subject = f"/CN={common_name}" + (f"/O={organization}" if organization else "")
