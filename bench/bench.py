@@ -335,39 +335,27 @@ class Bench:
             "summary": summary,
         }
 
+    def telemetry_load(self, rate):
+        """The side-by-side load: half 1.6, half 2.0.1 charge points in the telemetry
+        scenario, each at `rate` CALLs per second (`max`: a closed loop)."""
+        return [
+            "-n", str(self.settings.load_connections),
+            "--versions", "1.6=50,2.0.1=50",
+            "--scenario", "telemetry",
+            "--rate", rate,
+            "--ramp-rate", str(self.settings.ramp_rate),
+            "--warmup", self.settings.warmup,
+            "--duration", self.settings.duration,
+        ]
+
     def max_rate(self, server, label):
         """The highest sustained rate: every charge point sends its next CALL as soon as the
         previous one is answered."""
-        summary = self.simulate(
-            server,
-            label,
-            [
-                "-n", str(self.settings.load_connections),
-                "--versions", "1.6=50,2.0.1=50",
-                "--scenario", "telemetry",
-                "--rate", "max",
-                "--ramp-rate", str(self.settings.ramp_rate),
-                "--warmup", self.settings.warmup,
-                "--duration", self.settings.duration,
-            ],
-        )
-        return summary
+        return self.simulate(server, label, self.telemetry_load("max"))
 
     def latency_at(self, server, label, total_rate):
         per_charge_point = total_rate / self.settings.load_connections
-        return self.simulate(
-            server,
-            label,
-            [
-                "-n", str(self.settings.load_connections),
-                "--versions", "1.6=50,2.0.1=50",
-                "--scenario", "telemetry",
-                "--rate", f"{per_charge_point:.4f}",
-                "--ramp-rate", str(self.settings.ramp_rate),
-                "--warmup", self.settings.warmup,
-                "--duration", self.settings.duration,
-            ],
-        )
+        return self.simulate(server, label, self.telemetry_load(f"{per_charge_point:.4f}"))
 
     def storm(self, server, connections, label="reconnect storm", duration=None):
         return self.simulate(
@@ -520,15 +508,7 @@ class Bench:
                     result["max"] = self.cpu_per_call(
                         server,
                         f"{name}: highest rate",
-                        [
-                            "-n", str(self.settings.load_connections),
-                            "--versions", "1.6=50,2.0.1=50",
-                            "--scenario", "telemetry",
-                            "--rate", "max",
-                            "--ramp-rate", str(self.settings.ramp_rate),
-                            "--warmup", self.settings.warmup,
-                            "--duration", self.settings.duration,
-                        ],
+                        self.telemetry_load("max"),
                     )
                 finally:
                     server.stop()
@@ -550,15 +530,7 @@ class Bench:
                 "max": self.cpu_per_call(
                     server,
                     "ocpp-rpc (wss://): highest rate",
-                    [
-                        "-n", str(self.settings.load_connections),
-                        "--versions", "1.6=50,2.0.1=50",
-                        "--scenario", "telemetry",
-                        "--rate", "max",
-                        "--ramp-rate", str(self.settings.ramp_rate),
-                        "--warmup", self.settings.warmup,
-                        "--duration", self.settings.duration,
-                    ],
+                    self.telemetry_load("max"),
                 ),
             })
         finally:

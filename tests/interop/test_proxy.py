@@ -7,18 +7,17 @@ recognised by the certificate HAProxy verified.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import socket
 import ssl
-import urllib.request
 
 import ocpp.v16
 import ocpp.v201
 import pytest
 import websockets
 
+from support.charge_points import admin, charge_point
 from support.gateway import Gateway, gateway_binary
 from support.pki import Pki
 from support.process import Process, free_port, wait_until
@@ -102,26 +101,9 @@ backend gateway_ssl
 
 
 def connection(gw: Gateway, cp_id: str):
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://{gw.admin_addr}/api/v1/connections/{cp_id}", timeout=5) as r:
-        return json.loads(r.read())
-
-
-@contextlib.asynccontextmanager
-async def charge_point(cp_class, url, subprotocol, **options):
-    ws = await websockets.connect(
-        url, subprotocols=[subprotocol], proxy=None, open_timeout=STEP_TIMEOUT_S, **options
-    )
-    cp = cp_class(url.rsplit("/", 1)[1], ws, response_timeout=10)
-    task = asyncio.create_task(cp.start())
-    try:
-        yield cp
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), 5)
+    status, body = admin(gw, "GET", f"/api/v1/connections/{cp_id}")
+    assert status == 200, body
+    return json.loads(body)
 
 
 async def test_the_gateway_sees_the_clients_address_not_haproxys(proxied_gateway, haproxy):

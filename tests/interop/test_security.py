@@ -11,12 +11,9 @@ binary's own `hash-password` tool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import ocpp.v16
 import ocpp.v201
@@ -24,6 +21,7 @@ import pytest
 import websockets
 from ocpp.routing import on
 
+from support.charge_points import admin, charge_point
 from support.gateway import Gateway, gateway_binary
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -71,17 +69,6 @@ def secured_gateway(tmp_path_factory):
         yield gw
     finally:
         assert gw.stop(20.0) == 0, gw.log_text(last=50)
-
-
-def admin_request(gw: Gateway, method: str, path: str):
-    request = urllib.request.Request(f"http://{gw.admin_addr}{path}", method=method)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=STEP_TIMEOUT_S) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
-    return status, raw.decode()
 
 
 def url(gw: Gateway, cp_id: str, password: str | None) -> str:
@@ -139,28 +126,14 @@ class ChargePoint201(ocpp.v201.ChargePoint):
         return ocpp.v201.call_result.SetVariables(set_variable_result=results)
 
 
-@contextlib.asynccontextmanager
-async def connected(gw: Gateway, cp_class, cp_id: str, password: str, subprotocol: str):
-    ws = await websockets.connect(
-        url(gw, cp_id, password), subprotocols=[subprotocol], proxy=None,
-        open_timeout=STEP_TIMEOUT_S,
-    )
-    cp = cp_class(cp_id, ws, response_timeout=10)
-    task = asyncio.create_task(cp.start())
-    try:
-        yield cp
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), 5)
+def connected(gw: Gateway, cp_class, cp_id: str, password: str, subprotocol: str):
+    return charge_point(cp_class, url(gw, cp_id, password), subprotocol)
 
 
 async def set_password(gw: Gateway, cp_id: str, password: str):
     """Gives `cp_id` a known password, whatever another test rotated it to."""
     status, body = await asyncio.to_thread(
-        admin_put, gw, f"/api/v1/charge-points/{cp_id}/credentials",
+        admin, gw, "PUT", f"/api/v1/charge-points/{cp_id}/credentials",
         {"profile": 1, "password": password},
     )
     assert status == 200, body
@@ -185,7 +158,7 @@ async def test_basic_credentials_let_a_16_charge_point_in_and_a_wrong_password_d
 
 async def rotate(gw: Gateway, cp_id: str):
     return await asyncio.to_thread(
-        admin_request, gw, "POST", f"/api/v1/charge-points/{cp_id}/credentials/rotate"
+        admin, gw, "POST", f"/api/v1/charge-points/{cp_id}/credentials/rotate"
     )
 
 
@@ -238,19 +211,6 @@ async def test_a_rejected_rotation_in_16_keeps_the_old_password(secured_gateway)
     assert await refused_status(gw, "SEC-16", bytes.fromhex(hex_key).decode(), "ocpp1.6") == 401
     async with connected(gw, ChargePoint16, "SEC-16", PASSWORD_16, "ocpp1.6"):
         pass
-
-
-def admin_put(gw: Gateway, path: str, body: dict):
-    request = urllib.request.Request(
-        f"http://{gw.admin_addr}{path}", method="PUT", data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=STEP_TIMEOUT_S) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 async def test_rotation_in_201_sets_basic_auth_password(secured_gateway):

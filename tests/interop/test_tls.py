@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import socket
 import ssl
 import subprocess
-import urllib.request
 
 import ocpp.v16
 import ocpp.v201
 import pytest
 import websockets
 
+from support.charge_points import charge_point, metric, metric_reaches
 from support.gateway import Gateway, gateway_binary
 from support.pki import Pki
 
@@ -90,23 +89,8 @@ def port(gw: Gateway) -> int:
     return int(gw.tls_addr.rsplit(":", 1)[1])
 
 
-@contextlib.asynccontextmanager
-async def charge_point(gw, cp_class, cp_id, subprotocol, context, headers=None):
-    ws = await websockets.connect(
-        f"wss://localhost:{port(gw)}/ocpp/{cp_id}", ssl=context,
-        subprotocols=[subprotocol], additional_headers=headers or {}, proxy=None,
-        open_timeout=STEP_TIMEOUT_S,
-    )
-    cp = cp_class(cp_id, ws, response_timeout=10)
-    task = asyncio.create_task(cp.start())
-    try:
-        yield cp
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), 5)
+def wss(gw: Gateway, cp_id: str) -> str:
+    return f"wss://localhost:{port(gw)}/ocpp/{cp_id}"
 
 
 def basic(cp_id: str, password: str) -> dict:
@@ -116,15 +100,15 @@ def basic(cp_id: str, password: str) -> dict:
 
 async def test_profile_2_a_16_charge_point_over_wss_with_basic_credentials(tls_gateway, pki):
     async with charge_point(
-        tls_gateway, ocpp.v16.ChargePoint, "TLS-2", "ocpp1.6", client_context(pki),
-        basic("TLS-2", PASSWORD),
+        ocpp.v16.ChargePoint, wss(tls_gateway, "TLS-2"), "ocpp1.6", ssl=client_context(pki),
+        additional_headers=basic("TLS-2", PASSWORD),
     ) as cp:
         result = await asyncio.wait_for(cp.call(ocpp.v16.call.Heartbeat()), STEP_TIMEOUT_S)
         assert result.current_time
     with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
         async with charge_point(
-            tls_gateway, ocpp.v16.ChargePoint, "TLS-2", "ocpp1.6", client_context(pki),
-            basic("TLS-2", "WrongPassword0000000"),
+            ocpp.v16.ChargePoint, wss(tls_gateway, "TLS-2"), "ocpp1.6", ssl=client_context(pki),
+            additional_headers=basic("TLS-2", "WrongPassword0000000"),
         ):
             pass
     assert refused.value.response.status_code == 401
@@ -133,8 +117,8 @@ async def test_profile_2_a_16_charge_point_over_wss_with_basic_credentials(tls_g
 async def test_profile_3_a_201_charge_point_with_a_client_certificate(tls_gateway, pki):
     certificate = pki.client("TLS-3", "Interop Charging")
     async with charge_point(
-        tls_gateway, ocpp.v201.ChargePoint, "TLS-3", "ocpp2.0.1",
-        client_context(pki, certificate),
+        ocpp.v201.ChargePoint, wss(tls_gateway, "TLS-3"), "ocpp2.0.1",
+        ssl=client_context(pki, certificate),
     ) as cp:
         result = await asyncio.wait_for(cp.call(ocpp.v201.call.Heartbeat()), STEP_TIMEOUT_S)
         assert result.current_time
@@ -143,7 +127,7 @@ async def test_profile_3_a_201_charge_point_with_a_client_certificate(tls_gatewa
     for context in (client_context(pki, other), client_context(pki)):
         with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
             async with charge_point(
-                tls_gateway, ocpp.v201.ChargePoint, "TLS-3", "ocpp2.0.1", context
+                ocpp.v201.ChargePoint, wss(tls_gateway, "TLS-3"), "ocpp2.0.1", ssl=context
             ):
                 pass
         assert refused.value.response.status_code == 401
@@ -175,19 +159,7 @@ async def test_tls_1_1_is_refused(tls_gateway, pki):
     with pytest.raises(ssl.SSLError):
         handshake(tls_gateway, context).close()
     # Refused by the gateway, not by this client's own OpenSSL.
-    deadline = asyncio.get_running_loop().time() + STEP_TIMEOUT_S
-    while metric(tls_gateway, series) < before + 1:
-        assert asyncio.get_running_loop().time() < deadline, "no failed handshake counted"
-        await asyncio.sleep(0.02)
-
-
-def metric(gw: Gateway, series: str) -> float:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://{gw.metrics_addr}/metrics", timeout=STEP_TIMEOUT_S) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(series + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{series} not in the scrape")
+    await metric_reaches(tls_gateway, series, before + 1)
 
 
 async def test_a_reconnecting_client_resumes_its_session(tls_gateway, pki):
@@ -234,7 +206,7 @@ def revoking_gateway(tmp_path_factory):
 async def test_a_revoked_certificate_is_refused(revoking_gateway):
     gw, pki, revoked, kept = revoking_gateway
     async with charge_point(
-        gw, ocpp.v201.ChargePoint, "CRL-3", "ocpp2.0.1", client_context(pki, kept)
+        ocpp.v201.ChargePoint, wss(gw, "CRL-3"), "ocpp2.0.1", ssl=client_context(pki, kept)
     ) as cp:
         await asyncio.wait_for(cp.call(ocpp.v201.call.Heartbeat()), STEP_TIMEOUT_S)
     series = 'ocppgw_tls_handshakes_total{result="certificate_refused"}'
@@ -243,10 +215,7 @@ async def test_a_revoked_certificate_is_refused(revoking_gateway):
     # read after it (TLS 1.3, during the WebSocket upgrade).
     with pytest.raises((ssl.SSLError, OSError, websockets.exceptions.WebSocketException)):
         async with charge_point(
-            gw, ocpp.v201.ChargePoint, "CRL-3", "ocpp2.0.1", client_context(pki, revoked)
+            ocpp.v201.ChargePoint, wss(gw, "CRL-3"), "ocpp2.0.1", ssl=client_context(pki, revoked)
         ):
             pass
-    deadline = asyncio.get_running_loop().time() + STEP_TIMEOUT_S
-    while metric(gw, series) < before + 1:
-        assert asyncio.get_running_loop().time() < deadline, "the refusal was not counted"
-        await asyncio.sleep(0.02)
+    await metric_reaches(gw, series, before + 1)

@@ -187,16 +187,7 @@ impl TestGateway {
         protocol: &str,
         authorization: Option<String>,
     ) -> Result<Cp, (http::StatusCode, http::HeaderMap)> {
-        let mut request = self.url(id).into_client_request().unwrap();
-        request.headers_mut().insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            protocol.parse().unwrap(),
-        );
-        if let Some(authorization) = authorization {
-            request
-                .headers_mut()
-                .insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
-        }
+        let request = upgrade_request(&self.url(id), protocol, authorization);
         let stream = tcp_to(&request).await;
         handshake(request, stream).await.map(|(cp, _)| cp)
     }
@@ -212,18 +203,8 @@ impl TestGateway {
     ) -> Result<Cp, Refused> {
         let address = self.tls.expect("TLS listener on");
         let stream = client.connect(address).await.map_err(Refused::Tls)?;
-        let mut request = format!("wss://localhost:{}/ocpp/{id}", address.port())
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            protocol.parse().unwrap(),
-        );
-        if let Some(authorization) = authorization {
-            request
-                .headers_mut()
-                .insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
-        }
+        let url = format!("wss://localhost:{}/ocpp/{id}", address.port());
+        let request = upgrade_request(&url, protocol, authorization);
         // With TLS 1.3 the server checks a client certificate after the client finished
         // its handshake: a refusal then arrives as an alert on the first read, during the
         // WebSocket handshake.
@@ -235,6 +216,38 @@ impl TestGateway {
                 Err(Refused::Http(response.status()))
             }
             Ok(Err(e)) => Err(Refused::Tls(e.to_string())),
+        }
+    }
+
+    /// `ocppgw_connection_attempts_total{result}`.
+    pub async fn connection_attempts(&self, result: &str) -> f64 {
+        self.sample(&format!(
+            "ocppgw_connection_attempts_total{{result=\"{result}\"}}"
+        ))
+        .await
+        .expect("a connection attempt result")
+    }
+
+    /// `ocppgw_auth_results_total{profile, result}`.
+    pub async fn auth_results(&self, profile: &str, result: &str) -> f64 {
+        self.sample(&format!(
+            "ocppgw_auth_results_total{{profile=\"{profile}\",result=\"{result}\"}}"
+        ))
+        .await
+        .expect("an authentication result")
+    }
+
+    /// Waits until `series` is at least `value`: for what is counted just after the event
+    /// a test saw (a disconnect after its close frame, a reload observable only through
+    /// its metric). Polled, bounded by [`STEP`].
+    pub async fn wait_for_series(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while self.sample(series).await.unwrap_or(0.0) < value {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} never reached {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -393,6 +406,22 @@ pub fn init_test_logging() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// The upgrade request to `url` offering `protocol`, with an `Authorization` header when
+/// given.
+fn upgrade_request(url: &str, protocol: &str, authorization: Option<String>) -> http::Request<()> {
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+        protocol.parse().unwrap(),
+    );
+    if let Some(authorization) = authorization {
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
+    }
+    request
 }
 
 /// The `Authorization` value of HTTP Basic credentials.

@@ -45,14 +45,6 @@ async fn start(file: &Path, adjust: impl FnOnce(&mut Config)) -> TestGateway {
     .await
 }
 
-async fn auth_results(gw: &TestGateway, profile: &str, result: &str) -> f64 {
-    gw.sample(&format!(
-        "ocppgw_auth_results_total{{profile=\"{profile}\",result=\"{result}\"}}"
-    ))
-    .await
-    .unwrap()
-}
-
 async fn boots(cp: &mut Cp) {
     let reply = cp
         .call("b1", "BootNotification", boot_payload("ocpp1.6"))
@@ -110,7 +102,7 @@ async fn profile_1_lets_in_the_right_password_and_refuses_everything_else_alike(
     ];
     let mut bodies = Vec::new();
     for (id, authorization, profile, result) in refusals {
-        let before = auth_results(&gw, profile, result).await;
+        let before = gw.auth_results(profile, result).await;
         let (status, headers) = gw
             .connect_with_authorization(id, "ocpp1.6", authorization)
             .await
@@ -123,7 +115,7 @@ async fn profile_1_lets_in_the_right_password_and_refuses_everything_else_alike(
         );
         bodies.push(headers.get("content-length").cloned());
         assert_eq!(
-            auth_results(&gw, profile, result).await,
+            gw.auth_results(profile, result).await,
             before + 1.0,
             "{result}"
         );
@@ -135,7 +127,7 @@ async fn profile_1_lets_in_the_right_password_and_refuses_everything_else_alike(
     // The connected charge point was not disturbed by any of it.
     let reply = cp.call("h1", "Heartbeat", json!({})).await;
     assert_eq!(reply[0], 3, "{reply}");
-    assert_eq!(auth_results(&gw, "1", "accepted").await, 1.0);
+    assert_eq!(gw.auth_results("1", "accepted").await, 1.0);
 
     let failed = gw
         .wait_for_event("CP-1", |e| {
@@ -182,7 +174,7 @@ async fn repeated_failures_back_off_with_429_until_the_wait_is_over() {
     assert_eq!(status, 429);
     let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=30).contains(&retry_after), "{retry_after}");
-    assert_eq!(auth_results(&gw, "0", "backoff").await, 1.0);
+    assert_eq!(gw.auth_results("0", "backoff").await, 1.0);
     // Another charge point from the same address is not held back by CP-1's failures.
     let file_record = record("CP-2", 1, Some(PASSWORD));
     let (status, _) = gw
@@ -222,7 +214,7 @@ async fn without_a_credentials_file_every_charge_point_is_profile_0() {
     gw.connect_with_authorization("CP-1", "ocpp1.6", None)
         .await
         .expect("accepted");
-    assert_eq!(auth_results(&gw, "0", "accepted").await, 1.0);
+    assert_eq!(gw.auth_results("0", "accepted").await, 1.0);
     let (status, body) = gw.get("/api/v1/charge-points/CP-1/credentials").await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"]
@@ -346,7 +338,8 @@ async fn an_edited_credentials_file_is_read_again_without_dropping_connections()
     assert_eq!(status, 401);
 
     std::fs::write(file.path(), record("CP-2", 1, Some(PASSWORD))).unwrap();
-    wait_for_series(&gw, "ocppgw_credential_reloads_total{result=\"ok\"}", 1.0).await;
+    gw.wait_for_series("ocppgw_credential_reloads_total{result=\"ok\"}", 1.0)
+        .await;
     gw.connect_basic("CP-2", "CP-2", PASSWORD)
         .await
         .expect("accepted after the reload");
@@ -356,28 +349,12 @@ async fn an_edited_credentials_file_is_read_again_without_dropping_connections()
 
     // A broken file keeps the records in force, and says so in a metric.
     std::fs::write(file.path(), "{broken\n").unwrap();
-    wait_for_series(
-        &gw,
-        "ocppgw_credential_reloads_total{result=\"error\"}",
-        1.0,
-    )
-    .await;
+    gw.wait_for_series("ocppgw_credential_reloads_total{result=\"error\"}", 1.0)
+        .await;
     gw.connect_basic("CP-2", "CP-2", PASSWORD)
         .await
         .expect("still accepted");
     assert_eq!(gw.sample("ocppgw_credential_records").await, Some(1.0));
-}
-
-async fn wait_for_series(gw: &TestGateway, series: &str, at_least: f64) {
-    let deadline = tokio::time::Instant::now() + STEP;
-    // The reload is observable only through its metric: poll it, bounded.
-    while gw.sample(series).await.unwrap_or(0.0) < at_least {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} never reached {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The charge point's side of a rotation: reads the CALL, answers `status`, and returns
@@ -416,6 +393,19 @@ async fn answer_rotation(cp: &mut Cp, version: &str, status: &str) -> Vec<u8> {
     password
 }
 
+/// Asks the gateway to rotate CP-1's password, in the background (the charge point must
+/// answer before the request ends): the status and the body's text.
+fn rotate_in_background(gw: &TestGateway) -> tokio::task::JoinHandle<(u16, String)> {
+    let url = format!(
+        "http://{}/api/v1/charge-points/CP-1/credentials/rotate",
+        gw.admin
+    );
+    tokio::spawn(async move {
+        let response = reqwest::Client::new().post(url).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    })
+}
+
 async fn rotation_end_to_end(version: &str, expected_length: usize) {
     let file = credentials_file(&[record("CP-1", 1, Some(PASSWORD))]);
     let gw = start(file.path(), |_| {}).await;
@@ -423,25 +413,12 @@ async fn rotation_end_to_end(version: &str, expected_length: usize) {
         .connect_with_authorization("CP-1", version, Some(basic_authorization("CP-1", PASSWORD)))
         .await
         .expect("accepted");
-    let rotate = "/api/v1/charge-points/CP-1/credentials/rotate";
 
     // Refused: the old password stays, the one the charge point was sent never works.
-    let request = {
-        let gw_admin = gw.admin;
-        tokio::spawn(async move {
-            let response = reqwest::Client::new()
-                .post(format!("http://{gw_admin}{rotate}"))
-                .send()
-                .await
-                .unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
-        })
-    };
+    let request = rotate_in_background(&gw);
     let refused_password = answer_rotation(&mut cp, version, "Rejected").await;
-    let (status, reply) = request.await.unwrap();
+    let (status, text) = request.await.unwrap();
+    let reply: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         (status, reply["result"].as_str()),
         (409, Some("refused")),
@@ -467,17 +444,7 @@ async fn rotation_end_to_end(version: &str, expected_length: usize) {
 
     // Accepted: the response carries no password; the new one works, and once used, the
     // old one stops working.
-    let request = {
-        let gw_admin = gw.admin;
-        tokio::spawn(async move {
-            let response = reqwest::Client::new()
-                .post(format!("http://{gw_admin}{rotate}"))
-                .send()
-                .await
-                .unwrap();
-            (response.status().as_u16(), response.text().await.unwrap())
-        })
-    };
+    let request = rotate_in_background(&gw);
     let new_password = answer_rotation(&mut cp, version, "Accepted").await;
     assert_eq!(new_password.len(), expected_length);
     let (status, text) = request.await.unwrap();

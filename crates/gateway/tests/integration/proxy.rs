@@ -47,14 +47,6 @@ fn header_from(client: &str, tlvs: &[u8]) -> Vec<u8> {
     proxy_protocol::encode(client, "127.0.0.1:8080".parse().unwrap(), tlvs)
 }
 
-async fn attempts(gw: &TestGateway, result: &str) -> f64 {
-    gw.sample(&format!(
-        "ocppgw_connection_attempts_total{{result=\"{result}\"}}"
-    ))
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn the_client_named_by_the_header_is_the_peer_and_counts_for_the_address_limit() {
     let gw = start("127.0.0.1", |config| {
@@ -72,7 +64,7 @@ async fn the_client_named_by_the_header_is_the_peer_and_counts_for_the_address_l
     // One connection per client address, not per balancer address.
     let refused = through_proxy(&gw, "CP-B", &header_from("198.51.100.7:40001", &[])).await;
     assert!(refused.is_err());
-    assert_eq!(attempts(&gw, "address_limit").await, 1.0);
+    assert_eq!(gw.connection_attempts("address_limit").await, 1.0);
     through_proxy(&gw, "CP-C", &header_from("198.51.100.8:40000", &[]))
         .await
         .expect("another client behind the same balancer");
@@ -80,7 +72,7 @@ async fn the_client_named_by_the_header_is_the_peer_and_counts_for_the_address_l
     // A connection without the header is refused.
     let refused = through_proxy(&gw, "CP-D", b"").await;
     assert!(refused.is_err());
-    assert_eq!(attempts(&gw, "bad_proxy_header").await, 1.0);
+    assert_eq!(gw.connection_attempts("bad_proxy_header").await, 1.0);
 }
 
 #[tokio::test]
@@ -88,8 +80,8 @@ async fn only_trusted_proxies_may_connect() {
     let gw = start("10.0.0.0/8", |_| {}).await;
     let refused = through_proxy(&gw, "CP-A", &header_from("198.51.100.7:1", &[])).await;
     assert!(refused.is_err());
-    assert_eq!(attempts(&gw, "untrusted_proxy").await, 1.0);
-    assert_eq!(attempts(&gw, "accepted").await, 0.0);
+    assert_eq!(gw.connection_attempts("untrusted_proxy").await, 1.0);
+    assert_eq!(gw.connection_attempts("accepted").await, 0.0);
 }
 
 #[tokio::test]
@@ -138,5 +130,5 @@ async fn a_listener_without_the_proxy_protocol_takes_no_header_for_granted() {
     // The header's bytes are not an HTTP request: refused as such, never believed.
     let refused = through_proxy(&gw, "CP-A", &header_from("198.51.100.7:1", &[])).await;
     assert!(refused.is_err());
-    assert_eq!(attempts(&gw, "bad_request").await, 1.0);
+    assert_eq!(gw.connection_attempts("bad_request").await, 1.0);
 }

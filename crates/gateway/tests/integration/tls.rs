@@ -70,14 +70,6 @@ async fn heartbeat(cp: &mut Cp) {
     assert_eq!(reply[0], 3, "{reply}");
 }
 
-async fn attempts(gw: &TestGateway, result: &str) -> f64 {
-    gw.sample(&format!(
-        "ocppgw_connection_attempts_total{{result=\"{result}\"}}"
-    ))
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn profiles_2_and_3_connect_over_tls_and_every_refusal_is_counted() {
     let pki = Pki::new("Charging CA");
@@ -127,7 +119,7 @@ async fn profiles_2_and_3_connect_over_tls_and_every_refusal_is_counted() {
         .await
         .unwrap();
     heartbeat(&mut cp3).await;
-    let mismatch_before = auth_results(&gw, "3", "certificate_mismatch").await;
+    let mismatch_before = gw.auth_results("3", "certificate_mismatch").await;
     assert_eq!(
         gw.connect_tls(
             "CP-3b",
@@ -141,7 +133,7 @@ async fn profiles_2_and_3_connect_over_tls_and_every_refusal_is_counted() {
         "a certificate for CP-3 is not one for CP-3b"
     );
     assert_eq!(
-        auth_results(&gw, "3", "certificate_mismatch").await,
+        gw.auth_results("3", "certificate_mismatch").await,
         mismatch_before + 1.0
     );
     assert_eq!(
@@ -151,7 +143,7 @@ async fn profiles_2_and_3_connect_over_tls_and_every_refusal_is_counted() {
         Some(Refused::Http(http_status(401))),
         "profile 3 without a certificate"
     );
-    assert_eq!(auth_results(&gw, "3", "missing_certificate").await, 1.0);
+    assert_eq!(gw.auth_results("3", "missing_certificate").await, 1.0);
 
     // Certificates that do not verify end the TLS handshake itself.
     let expired = pki.client("CP-3", None, Validity::Expired);
@@ -165,7 +157,7 @@ async fn profiles_2_and_3_connect_over_tls_and_every_refusal_is_counted() {
             .expect("refused");
         assert!(matches!(refused, Refused::Tls(_)), "{refused:?}");
     }
-    assert_eq!(attempts(&gw, "certificate_refused").await, 2.0);
+    assert_eq!(gw.connection_attempts("certificate_refused").await, 2.0);
     assert_eq!(
         gw.sample("ocppgw_tls_handshakes_total{result=\"certificate_refused\"}")
             .await,
@@ -183,14 +175,6 @@ async fn profiles_2_and_3_connect_over_tls_and_every_refusal_is_counted() {
 
 fn http_status(code: u16) -> tokio_tungstenite::tungstenite::http::StatusCode {
     tokio_tungstenite::tungstenite::http::StatusCode::from_u16(code).unwrap()
-}
-
-async fn auth_results(gw: &TestGateway, profile: &str, result: &str) -> f64 {
-    gw.sample(&format!(
-        "ocppgw_auth_results_total{{profile=\"{profile}\",result=\"{result}\"}}"
-    ))
-    .await
-    .unwrap()
 }
 
 #[tokio::test]
@@ -323,20 +307,8 @@ async fn a_renewed_certificate_is_served_without_dropping_connections() {
     let renewed = second.server_rsa();
     std::fs::copy(&renewed.certificate_file, &served.certificate_file).unwrap();
     std::fs::copy(&renewed.key_file, &served.key_file).unwrap();
-    let deadline = tokio::time::Instant::now() + STEP;
-    // The reload is observable only through its metric: poll it, bounded.
-    while gw
-        .sample("ocppgw_tls_reloads_total{result=\"ok\"}")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "certificate never reloaded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_series("ocppgw_tls_reloads_total{result=\"ok\"}", 1.0)
+        .await;
     client(&second_ca)
         .connect(gw.tls.unwrap())
         .await
@@ -389,18 +361,11 @@ async fn a_certificate_bound_to_a_serial_number_must_match_the_boot_notification
     })
     .await;
     // Counted once the session has ended, just after the close frame went out.
-    let deadline = tokio::time::Instant::now() + STEP;
-    while gw
-        .sample("ocppgw_disconnects_total{reason=\"serial_number_mismatch\"}")
-        .await
-        != Some(1.0)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "disconnect not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_series(
+        "ocppgw_disconnects_total{reason=\"serial_number_mismatch\"}",
+        1.0,
+    )
+    .await;
 
     // 1.6 names it chargePointSerialNumber; a BootNotification without one is a mismatch.
     let mut cp = gw
