@@ -478,6 +478,7 @@ class Bench:
                 flags += ["--ca-file", str(pki.ca_file)]
             if variant.get("no_resumption"):
                 env["CPGW_TLS__SESSION_CACHE_SIZE"] = "0"
+                env["CPGW_TLS__SESSION_TICKETS"] = "false"
                 flags += ["--no-tls-resumption"]
             return self.gateway(extra_env=env, name=name, tls_port=tls_port, simulator_flags=flags)
 
@@ -723,7 +724,7 @@ def report(results, bench, quick):
     add("The gateway with each OCPP security profile, in this run: profile 0 (no authentication, `ws://`),")
     add("1 (Basic credentials, `ws://`), 2 (Basic credentials over `wss://`, an RSA and an ECDSA certificate")
     add("served; the simulator's rustls negotiates TLS 1.3), and 2 with TLS session resumption off at both")
-    add("ends (`tls.session_cache_size = 0`, `--no-tls-resumption`). Passwords are argon2id with 1 MiB and 1 pass")
+    add("ends (`tls.session_tickets = false`, `tls.session_cache_size = 0`, `--no-tls-resumption`). Passwords are argon2id with 1 MiB and 1 pass")
     add("(the default is 19 MiB, 2 passes) so that the first connection of every charge point does not take")
     add("minutes; in the storm, reconnecting charge points are let in by the verification cache. The storm")
     add(f"drops {bench.settings.capacity_connections} connections at once; each charge point reconnects after a random 0–1 s.")

@@ -483,3 +483,38 @@ async fn the_simulator_connects_with_security_profiles_2_and_3() {
     .await
     .expect("both charge points are connected");
 }
+
+/// With tickets and the session cache off, a reconnecting charge point does a full
+/// handshake every time, however willing it is to resume.
+#[tokio::test]
+async fn without_tickets_or_cache_the_gateway_resumes_nothing() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = gateway_testkit::pki::Pki::new("Charging CA");
+    let server = pki.server_ecdsa();
+    let gateway = gateway_testkit::TestGateway::start_with(move |config| {
+        config.tls.certificates = vec![charge_point_gateway::config::CertificateFiles {
+            certificate_file: server.certificate_file,
+            key_file: server.key_file,
+        }];
+        config.tls.session_tickets = false;
+        config.tls.session_cache_size = 0;
+    })
+    .await;
+    let url = format!("wss://localhost:{}/ocpp", gateway.tls.unwrap().port());
+    let tls = TlsOptions {
+        ca_file: Some(pki.ca_file.clone()),
+        ..TlsOptions::default()
+    };
+    let connector = Connector::new(&url, &tls, None, vec![], STEP).unwrap();
+    for _ in 0..3 {
+        drop(
+            connector
+                .connect("SIM-0", OcppVersion::V16, 0)
+                .await
+                .unwrap(),
+        );
+    }
+    let series = |result: &str| format!("ocppgw_tls_handshakes_total{{result=\"{result}\"}}");
+    assert_eq!(gateway.sample(&series("full")).await, Some(3.0));
+    assert_eq!(gateway.sample(&series("resumed")).await, Some(0.0));
+}

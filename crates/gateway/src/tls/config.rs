@@ -87,9 +87,11 @@ pub struct TlsConfig {
     pub cipher_list: String,
     /// TLS 1.3 cipher suites, in OpenSSL's syntax.
     pub ciphersuites: String,
-    /// Sessions kept for resumption (so that a reconnect storm does not redo every full
-    /// handshake), each resumable for OpenSSL's default of two hours; `0` turns
-    /// resumption off (the session cache and TLS 1.3 tickets).
+    /// Session tickets (TLS 1.2 RFC 5077 and TLS 1.3): a reconnecting client resumes its
+    /// session without a full handshake, and the gateway keeps no state for it.
+    pub session_tickets: bool,
+    /// Sessions kept in memory for resumption by TLS 1.2 clients that do not support
+    /// tickets; `0`: none.
     pub session_cache_size: u32,
     /// Every connection starts with a PROXY protocol v2 header, before the TLS handshake
     /// (a TCP load balancer passing TLS through with `send-proxy-v2`); only from
@@ -113,6 +115,7 @@ impl Default for TlsConfig {
             min_version: TlsVersion::V1_2,
             cipher_list: DEFAULT_CIPHER_LIST.to_owned(),
             ciphersuites: DEFAULT_CIPHERSUITES.to_owned(),
+            session_tickets: true,
             session_cache_size: 20_480,
             proxy_protocol: false,
             reload_interval: Duration::from_secs(10),

@@ -232,13 +232,17 @@ fn build_acceptor(config: &TlsConfig) -> Result<SslAcceptor, TlsSetupError> {
     builder
         .set_session_id_context(b"charge-point-gateway")
         .map_err(error("session id context", none))?;
+    // Tickets resume TLS 1.2 and 1.3 sessions without any state kept here; the cache is
+    // for TLS 1.2 clients without ticket support.
     if config.session_cache_size == 0 {
         builder.set_session_cache_mode(SslSessionCacheMode::OFF);
-        builder.set_options(SslOptions::NO_TICKET);
     } else {
         builder.set_session_cache_mode(SslSessionCacheMode::SERVER);
         builder
             .set_session_cache_size(i32::try_from(config.session_cache_size).unwrap_or(i32::MAX));
+    }
+    if !config.session_tickets {
+        builder.set_options(SslOptions::NO_TICKET);
     }
     if let Some(ca_file) = &config.client_ca_file {
         builder
