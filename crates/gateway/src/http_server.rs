@@ -22,7 +22,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{either::Either, sync::CancellationToken};
 use tracing::debug;
 
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
@@ -146,10 +146,10 @@ pub async fn serve(
         let (open, stop, tls) = (open.clone(), stop.clone(), tls.clone());
         open.inc();
         connections.spawn(async move {
-            let stream = match tls {
-                None => TcpOrTls::Plain(stream),
+            let stream: TcpOrTls = match tls {
+                None => Either::Left(stream),
                 Some(tls) => match tokio::time::timeout(head_timeout, tls.accept(stream)).await {
-                    Ok(Ok((stream, _))) => TcpOrTls::Tls(Box::new(stream)),
+                    Ok(Ok((stream, _))) => Either::Right(Box::new(stream)),
                     Ok(Err(e)) => {
                         debug!(%peer, error = ?e, "TLS handshake failed");
                         open.dec();

@@ -22,7 +22,7 @@ use tokio_tungstenite::{
     },
     WebSocketStream,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{either::Either, sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, info_span, Instrument};
 
 pub use self::config::ListenerConfig;
@@ -336,17 +336,17 @@ impl OcppListener {
                         .accept(stream)
                         .await
                         .map_err(|failure| Failed::Tls(failure, peer))?;
-                    (TcpOrTls::Tls(Box::new(stream)), Some(certificate))
+                    (Either::Right(Box::new(stream)), Some(certificate))
                 }
                 // TLS ended at a trusted balancer, which verified the certificate.
                 (None, Some(tls)) => (
-                    TcpOrTls::Plain(stream),
+                    Either::Left(stream),
                     Some(tls.certificate_verified.then(|| ClientCertificate {
                         common_names: tls.common_name.into_iter().collect(),
                         organizations: Vec::new(),
                     })),
                 ),
-                (None, None) => (TcpOrTls::Plain(stream), None),
+                (None, None) => (Either::Left(stream), None),
             };
             let transport = match &certificate {
                 None => Transport::Plain,
