@@ -5,10 +5,9 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use super::{metrics::AuthMetrics, store::FileStore, CredentialStore};
-use crate::hangup::Hangup;
 
 /// Watches `store`'s file until `stop`.
 pub async fn watch(
@@ -17,28 +16,22 @@ pub async fn watch(
     metrics: AuthMetrics,
     stop: CancellationToken,
 ) {
-    let mut hangup = Hangup::new();
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-            _ = hangup.next() => info!("SIGHUP: reading the credentials file again"),
-        }
-        let reading = store.clone();
-        let reloaded = tokio::task::spawn_blocking(move || reading.reload()).await;
-        match reloaded {
-            Ok(Ok(false)) => {}
-            Ok(Ok(true)) => {
+    let reading = store.clone();
+    crate::file_watch::watch(
+        "credentials",
+        interval,
+        stop,
+        move |_| reading.reload(),
+        move |result| match result {
+            Ok(()) => {
                 metrics.reloaded(true, store.len());
                 info!(file = %store.path().display(), records = store.len(), "credentials file read again after a change");
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 metrics.reloaded(false, store.len());
                 crate::error_limited!(error = %e, "credentials file changed but cannot be used; the previous records stay in force");
             }
-            Err(e) => error!(error = %e, "credentials reload failed"),
-        }
-    }
+        },
+    )
+    .await;
 }
