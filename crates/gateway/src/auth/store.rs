@@ -151,7 +151,7 @@ pub struct FileStore(Arc<FileRecords>);
 struct FileRecords {
     path: PathBuf,
     max_id_length: usize,
-    records: RwLock<Arc<Records>>,
+    records: RwLock<Records>,
     file: Mutex<FileState>,
 }
 
@@ -162,7 +162,7 @@ impl FileStore {
         let store = FileRecords {
             path: path.to_owned(),
             max_id_length,
-            records: RwLock::new(Arc::default()),
+            records: RwLock::new(Records::new()),
             file: Mutex::new(FileState {
                 version: None,
                 lines: 0,
@@ -197,7 +197,7 @@ impl FileRecords {
             return Ok(false);
         }
         let (records, lines) = self.read()?;
-        *self.records.write() = Arc::new(records);
+        *self.records.write() = records;
         *file = FileState {
             version: Some(version),
             lines,
@@ -309,12 +309,13 @@ impl FileRecords {
             Change::Remove if current.is_none() => return Ok(false),
             Change::Remove => None,
         };
-        let mut records = Records::clone(&self.records.read());
-        match &record {
-            Some(record) => records.insert(id.to_owned(), Arc::new(record.clone())),
-            None => records.remove(id),
-        };
-        if file.lines + 1 > 2 * records.len() + 64 {
+        let live = self.records.read().len() + usize::from(record.is_some())
+            - usize::from(current.is_some());
+        // Compaction (rare) writes the whole new set; the common append writes one line,
+        // and the records are then changed in place, without copying the others.
+        if file.lines + 1 > 2 * live + 64 {
+            let mut records = self.records.read().clone();
+            Self::apply(&mut records, id, &record);
             self.compact(&records)?;
             file.lines = records.len();
         } else {
@@ -323,8 +324,15 @@ impl FileRecords {
         }
         let metadata = fs::metadata(&self.path).map_err(|e| self.io(e))?;
         file.version = Some(FileVersion::of(&metadata));
-        *self.records.write() = Arc::new(records);
+        Self::apply(&mut self.records.write(), id, &record);
         Ok(true)
+    }
+
+    fn apply(records: &mut Records, id: &str, record: &Option<CredentialRecord>) {
+        match record {
+            Some(record) => records.insert(id.to_owned(), Arc::new(record.clone())),
+            None => records.remove(id),
+        };
     }
 
     fn append(&self, line: &Line) -> Result<(), StoreError> {
