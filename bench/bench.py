@@ -433,7 +433,7 @@ class Bench:
         (wss:// with Basic credentials), and 2 with TLS session resumption off at both
         ends; and the highest rate of profile 2 against profile 0."""
         sys.path.insert(0, str(ROOT / "tests"))
-        from support.pki import Pki
+        from support.pki import Pki, certificates_setting
 
         pki = Pki(self.workdir / "pki")
         rsa, ecdsa = pki.server("rsa"), pki.server("ecdsa")
@@ -453,9 +453,6 @@ class Bench:
                 for number in range(count):
                     out.write(json.dumps({"id": f"BENCH{number:06}", "profile": profile, "password_hash": phc}) + "\n")
             files[profile] = path
-        certificates = ",".join(
-            f'{{certificate_file="{cert}",key_file="{key}"}}' for cert, key in (rsa, ecdsa)
-        )
         variants = {
             "profile 0 (ws://)": {},
             "profile 1 (ws://, Basic)": {"profile": 1},
@@ -474,7 +471,7 @@ class Bench:
             if variant.get("tls"):
                 tls_port = free_port()
                 env["CPGW_TLS__ADDRESS"] = f"127.0.0.1:{tls_port}"
-                env["CPGW_TLS__CERTIFICATES"] = f"[{certificates}]"
+                env["CPGW_TLS__CERTIFICATES"] = certificates_setting(rsa, ecdsa)
                 flags += ["--ca-file", str(pki.ca_file)]
             if variant.get("no_resumption"):
                 env["CPGW_TLS__SESSION_CACHE_SIZE"] = "0"

@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from support.charge_points import admin, charge_point
-from support.gateway import Gateway, gateway_binary
+from support.gateway import Gateway, gateway_binary, running, write_credentials
 from support.pki import Pki
 from support.process import Process, free_port, wait_until
 
@@ -35,8 +35,9 @@ def pki(tmp_path_factory) -> Pki:
 
 @pytest.fixture(scope="module")
 def proxied_gateway(tmp_path_factory):
-    credentials = tmp_path_factory.mktemp("auth") / "credentials.jsonl"
-    credentials.write_text(json.dumps({"id": "PX-3", "profile": 3}) + "\n")
+    credentials = write_credentials(
+        tmp_path_factory.mktemp("auth") / "credentials.jsonl", [{"id": "PX-3", "profile": 3}]
+    )
     gw = Gateway(
         gateway_binary(),
         extra_env={
@@ -48,11 +49,8 @@ def proxied_gateway(tmp_path_factory):
             "CPGW_AUTH__FAILURE_BACKOFF_MAX": "0s",
         },
     )
-    gw.start()
-    try:
+    with running(gw):
         yield gw
-    finally:
-        assert gw.stop(20.0) == 0, gw.log_text(last=50)
 
 
 @pytest.fixture(scope="module")

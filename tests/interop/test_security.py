@@ -22,7 +22,7 @@ import websockets
 from ocpp.routing import on
 
 from support.charge_points import admin, charge_point
-from support.gateway import Gateway, gateway_binary
+from support.gateway import Gateway, gateway_binary, running, write_credentials
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -54,7 +54,7 @@ def secured_gateway(tmp_path_factory):
         {"id": "SEC-201", "profile": 1, "password_hash": hash_password(PASSWORD_201)},
         {"id": "SEC-TLS", "profile": 2, "password_hash": hash_password(PASSWORD_16)},
     ]
-    credentials.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_credentials(credentials, records)
     gw = Gateway(
         gateway_binary(),
         extra_env={
@@ -64,11 +64,8 @@ def secured_gateway(tmp_path_factory):
             "CPGW_AUTH__FAILURE_BACKOFF_MAX": "0s",
         },
     )
-    gw.start()
-    try:
+    with running(gw):
         yield gw
-    finally:
-        assert gw.stop(20.0) == 0, gw.log_text(last=50)
 
 
 def url(gw: Gateway, cp_id: str, password: str | None) -> str:

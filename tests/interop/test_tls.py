@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import socket
 import ssl
 import subprocess
@@ -19,8 +18,8 @@ import pytest
 import websockets
 
 from support.charge_points import charge_point, metric, metric_reaches
-from support.gateway import Gateway, gateway_binary
-from support.pki import Pki
+from support.gateway import Gateway, gateway_binary, running, write_credentials
+from support.pki import Pki, certificates_setting
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -55,15 +54,12 @@ def tls_gateway(pki, tmp_path_factory):
         {"id": "TLS-2", "profile": 2, "password_hash": hash_password(PASSWORD)},
         {"id": "TLS-3", "profile": 3},
     ]
-    credentials.write_text("".join(json.dumps(r) + "\n" for r in records))
-    certificates = ",".join(
-        f'{{certificate_file="{cert}",key_file="{key}"}}' for cert, key in (rsa, ecdsa)
-    )
+    write_credentials(credentials, records)
     gw = Gateway(
         gateway_binary(),
         extra_env={
             "CPGW_TLS__ADDRESS": "127.0.0.1:0",
-            "CPGW_TLS__CERTIFICATES": f"[{certificates}]",
+            "CPGW_TLS__CERTIFICATES": certificates_setting(rsa, ecdsa),
             "CPGW_TLS__CLIENT_CA_FILE": str(pki.ca_file),
             "CPGW_AUTH__CREDENTIALS_FILE": str(credentials),
             "CPGW_AUTH__FAILURE_BACKOFF_INITIAL": "0s",
@@ -71,11 +67,8 @@ def tls_gateway(pki, tmp_path_factory):
         },
         tls=True,
     )
-    gw.start()
-    try:
+    with running(gw):
         yield gw
-    finally:
-        assert gw.stop(20.0) == 0, gw.log_text(last=50)
 
 
 def client_context(pki: Pki, certificate=None) -> ssl.SSLContext:
@@ -183,24 +176,22 @@ def revoking_gateway(tmp_path_factory):
     revoked = pki.client("CRL-3")
     kept = pki.client("CRL-3")
     crl = pki.revocation_list([revoked[0]])
-    credentials = tmp_path_factory.mktemp("crl-auth") / "credentials.jsonl"
-    credentials.write_text(json.dumps({"id": "CRL-3", "profile": 3}) + "\n")
+    credentials = write_credentials(
+        tmp_path_factory.mktemp("crl-auth") / "credentials.jsonl", [{"id": "CRL-3", "profile": 3}]
+    )
     gw = Gateway(
         gateway_binary(),
         extra_env={
             "CPGW_TLS__ADDRESS": "127.0.0.1:0",
-            "CPGW_TLS__CERTIFICATES": f'[{{certificate_file="{server[0]}",key_file="{server[1]}"}}]',
+            "CPGW_TLS__CERTIFICATES": certificates_setting(server),
             "CPGW_TLS__CLIENT_CA_FILE": str(pki.ca_file),
             "CPGW_TLS__CRL_FILE": str(crl),
             "CPGW_AUTH__CREDENTIALS_FILE": str(credentials),
         },
         tls=True,
     )
-    gw.start()
-    try:
+    with running(gw):
         yield gw, pki, revoked, kept
-    finally:
-        assert gw.stop(20.0) == 0, gw.log_text(last=50)
 
 
 async def test_a_revoked_certificate_is_refused(revoking_gateway):

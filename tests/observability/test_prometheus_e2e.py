@@ -47,7 +47,7 @@ import websockets
 
 from dashboard_queries import dashboard_queries, load_dashboard
 from support.gateway import Gateway, gateway_binary
-from support.pki import Pki
+from support.pki import Pki, certificates_setting
 from support.process import Process, free_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +207,7 @@ def start_gateway(stack: Stack) -> None:
         tls=True,
         extra_env={
             "CPGW_TLS__ADDRESS": "127.0.0.1:0",
-            "CPGW_TLS__CERTIFICATES": f'[{{certificate_file="{certificate}",key_file="{key}"}}]',
+            "CPGW_TLS__CERTIFICATES": certificates_setting((certificate, key)),
             "CPGW_NODE_ID": "e2e-gateway",
             "CPGW_KAFKA__BROKERS": stack.broker,
             "CPGW_KAFKA__TOPIC_REPLICATION": "1",

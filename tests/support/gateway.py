@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -132,3 +133,20 @@ class Gateway(Process):
             f"command: {' '.join(self.argv)}\n"
             f"output so far:\n{self.log_text() or '<empty>'}"
         )
+
+
+@contextlib.contextmanager
+def running(gateway: Gateway, stop_timeout_s: float = 20.0):
+    """Starts `gateway` for the block; at its end, stops it and checks that the graceful
+    shutdown exited 0."""
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        assert gateway.stop(stop_timeout_s) == 0, gateway.log_text(last=50)
+
+
+def write_credentials(path: Path, records: list[dict]) -> Path:
+    """A credentials file (JSON lines) with `records`, for `auth.credentials_file`."""
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path

@@ -82,3 +82,11 @@ class Pki:
             ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
             "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
         )
+
+
+def certificates_setting(*pairs: tuple[Path, Path]) -> str:
+    """The value of `CPGW_TLS__CERTIFICATES` for (certificate, key) file pairs."""
+    entries = ",".join(
+        f'{{certificate_file="{certificate}",key_file="{key}"}}' for certificate, key in pairs
+    )
+    return f"[{entries}]"
