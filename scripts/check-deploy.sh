@@ -12,6 +12,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+source "$ROOT/scripts/apt-install.sh"
 
 RULES="deploy/prometheus/rules/charge-point-gateway.rules.yml"
 RULE_TESTS="deploy/prometheus/rules/charge-point-gateway.rules.test.yml"
@@ -28,46 +29,11 @@ prometheus_pids() {
 }
 
 install_promtool() {
-    local sudo=""
-    if [[ "$(id -u)" -ne 0 ]]; then
-        if command -v sudo >/dev/null 2>&1; then
-            sudo="sudo"
-        else
-            echo "error: promtool is missing and installing it needs root (apt-get install prometheus)" >&2
-            exit 1
-        fi
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: promtool is missing and there is no apt-get; install Prometheus's promtool by hand" >&2
-        exit 1
-    fi
-
     local before
     before="$(prometheus_pids)"
 
-    # Keep the package's maintainer scripts from starting the service, unless the
-    # machine already has a policy in place.
-    local policy="/usr/sbin/policy-rc.d" added_policy=""
-    if [[ ! -e "$policy" ]]; then
-        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-        $sudo chmod 755 "$policy"
-        added_policy=1
-    fi
-
-    local status=0 log
-    log="$(mktemp)"
-    {
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-            $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus
-    } >"$log" 2>&1 || status=$?
-    if [[ "$status" -ne 0 ]]; then
-        tail -n 30 "$log" >&2
-    fi
-    rm -f "$log"
-
-    if [[ -n "$added_policy" ]]; then
-        $sudo rm -f "$policy"
-    fi
+    local status=0
+    apt_install prometheus || status=$?
 
     # Whatever the package started anyway: stop it (the service if systemd runs it,
     # otherwise the new processes themselves, by PID).
@@ -77,13 +43,13 @@ install_promtool() {
     if [[ -n "$started" ]]; then
         echo "the prometheus package started a server; stopping it"
         if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
-            $sudo systemctl stop prometheus.service || true
-            $sudo systemctl disable prometheus.service >/dev/null 2>&1 || true
+            $APT_SUDO systemctl stop prometheus.service || true
+            $APT_SUDO systemctl disable prometheus.service >/dev/null 2>&1 || true
         fi
         local pid
         for pid in $started; do
             if kill -0 "$pid" 2>/dev/null; then
-                $sudo kill "$pid" || true
+                $APT_SUDO kill "$pid" || true
             fi
         done
     fi
