@@ -66,7 +66,7 @@ pub struct Gateway {
     ocpp_sockets: SocketBudget,
     credentials: Option<Arc<FileStore>>,
     auth_metrics: AuthMetrics,
-    tls: Option<(Arc<TlsServer>, TcpListener, TlsMetrics)>,
+    tls: Option<(Arc<TlsServer>, TcpListener)>,
     admin_tls: Option<Arc<TlsServer>>,
 }
 
@@ -152,7 +152,7 @@ impl Gateway {
             true => {
                 let server = Arc::new(TlsServer::new(config.tls.clone(), tls_metrics.clone())?);
                 let listener = bind("TLS listener", config.tls.address).await?;
-                Some((server, listener, tls_metrics))
+                Some((server, listener))
             }
             false => None,
         };
@@ -382,7 +382,7 @@ impl Gateway {
     pub fn tls_address(&self) -> Option<SocketAddr> {
         self.tls
             .as_ref()
-            .and_then(|(_, listener, _)| listener.local_addr().ok())
+            .and_then(|(_, listener)| listener.local_addr().ok())
     }
 
     /// The bound metrics address, when metrics are on.
@@ -448,11 +448,7 @@ impl Gateway {
             max_body_bytes: ADMIN_MAX_BODY_BYTES,
         };
         if let Some(server) = &admin_tls {
-            background.spawn(crate::tls::reload::watch(
-                server.clone(),
-                TlsMetrics::default(),
-                stop_http.clone(),
-            ));
+            background.spawn(crate::tls::reload::watch(server.clone(), stop_http.clone()));
         }
         background.spawn(http_server::serve(
             admin_listener,
@@ -481,13 +477,9 @@ impl Gateway {
                 stop_http.clone(),
             ));
         }
-        let tls_accept_task = tls.map(|(server, listener, tls_metrics)| {
+        let tls_accept_task = tls.map(|(server, listener)| {
             info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "tls listener bound");
-            background.spawn(crate::tls::reload::watch(
-                server.clone(),
-                tls_metrics,
-                stop_http.clone(),
-            ));
+            background.spawn(crate::tls::reload::watch(server.clone(), stop_http.clone()));
             tokio::spawn(ocpp.clone().accept(
                 listener,
                 Entry {

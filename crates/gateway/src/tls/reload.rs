@@ -8,12 +8,13 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{metrics::TlsMetrics, modification_times, TlsServer};
+use super::{modification_times, TlsServer};
 
 /// Watches `server`'s files until `stop`.
-pub async fn watch(server: Arc<TlsServer>, metrics: TlsMetrics, stop: CancellationToken) {
+pub async fn watch(server: Arc<TlsServer>, stop: CancellationToken) {
     let files = server.files();
     let seen = Mutex::new(modification_times(&files));
+    let reporting = server.clone();
     let interval = server
         .config()
         .reload_interval
@@ -33,11 +34,11 @@ pub async fn watch(server: Arc<TlsServer>, metrics: TlsMetrics, stop: Cancellati
         },
         move |result| match result {
             Ok(()) => {
-                metrics.reloaded(true);
+                reporting.metrics.reloaded(true);
                 info!("TLS certificates and keys read again");
             }
             Err(e) => {
-                metrics.reloaded(false);
+                reporting.metrics.reloaded(false);
                 crate::error_limited!(error = %e, "TLS files changed but cannot be used; the previous ones stay in force");
             }
         },
