@@ -117,11 +117,8 @@ pub(super) async fn put_credentials(
                     ),
                 );
             }
-            match tokio::task::spawn_blocking(move || PasswordHashString::hash(password.as_bytes()))
-                .await
-            {
-                Ok(Ok(hash)) => Some(hash),
-                Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            match admin.auth.hash_password(password.as_bytes()).await {
+                Ok(hash) => Some(hash),
                 Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }

@@ -172,6 +172,15 @@ impl Authenticator {
         &self.config
     }
 
+    /// Hashes a new password (set by the admin API, or made by a rotation) off the async
+    /// runtime, within the bound on hashes at once.
+    pub async fn hash_password(
+        &self,
+        password: &[u8],
+    ) -> Result<password::PasswordHashString, password::HashError> {
+        self.verifier.hash_new(password.to_vec()).await
+    }
+
     /// Forgets what was verified for `id`: its record changed.
     pub fn forget(&self, id: &str) {
         self.verifier.forget(id);

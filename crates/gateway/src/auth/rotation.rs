@@ -26,7 +26,7 @@ use ocpp::OcppVersion;
 use serde_json::{json, Value};
 
 use super::{
-    password::{self, PasswordHashString},
+    password,
     store::{Change, CredentialRecord, StoreError},
     Authenticator,
 };
@@ -111,12 +111,10 @@ pub async fn rotate(
         .map(|session| session.info.version)
         .ok_or_else(|| RotationError::NotConnected(id.to_owned()))?;
     let new_password = password::generate(version);
-    let hashing = new_password.clone();
-    let new_hash =
-        tokio::task::spawn_blocking(move || PasswordHashString::hash(hashing.as_bytes()))
-            .await
-            .map_err(|e| RotationError::Hashing(e.to_string()))?
-            .map_err(|e| RotationError::Hashing(e.to_string()))?;
+    let new_hash = auth
+        .hash_password(new_password.as_bytes())
+        .await
+        .map_err(|e| RotationError::Hashing(e.to_string()))?;
     let grace_ends = Utc::now()
         + chrono::Duration::from_std(auth.config().rotation_grace_period)
             .unwrap_or(chrono::Duration::days(7));

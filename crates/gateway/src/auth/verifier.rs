@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use subtle::ConstantTimeEq;
 use tokio::{sync::Semaphore, time::Instant};
 
-use super::password::PasswordHashString;
+use super::password::{HashError, PasswordHashString};
 
 type Digest32 = [u8; 32];
 
@@ -104,6 +104,14 @@ impl Verifier {
         let decoy = self.decoy.clone();
         let password = password.to_vec();
         let _ = self.hash(move || decoy.verify(&password)).await;
+    }
+
+    /// Hashes a new `password` on the same bounded pool as verifications, so that setting
+    /// passwords cannot take the threads that handshakes verify on.
+    pub async fn hash_new(&self, password: Vec<u8>) -> Result<PasswordHashString, HashError> {
+        self.hash(move || PasswordHashString::hash(&password))
+            .await
+            .unwrap_or_else(|| Err(HashError::Hashing("the hashing thread panicked".into())))
     }
 
     /// Forgets what was verified for `id` (its record changed or was deleted).
