@@ -15,6 +15,7 @@ use crate::{cli::Cli, config_check::InvalidOption};
 pub use crate::admin::config::AdminConfig;
 pub use crate::auth::config::{AuthConfig, UnknownChargePoints};
 pub use crate::backend::config::{BackendConfig, ReplyFallback};
+pub use crate::cluster::config::ClusterConfig;
 pub use crate::kafka::config::{KafkaConfig, TopicsConfig};
 pub use crate::listener::config::ListenerConfig;
 pub use crate::metrics::config::MetricsConfig;
@@ -42,6 +43,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "backend",
     "auth",
     "tls",
+    "cluster",
 ];
 
 /// The whole gateway configuration.
@@ -76,6 +78,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The `wss://` listener (on when certificates are configured).
     pub tls: TlsConfig,
+    /// Several instances sharing a registry (off while `cluster.redis_urls` is empty).
+    pub cluster: ClusterConfig,
 }
 
 /// Graceful shutdown.
@@ -115,6 +119,7 @@ impl Default for Config {
             backend: BackendConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -204,6 +209,7 @@ impl Config {
         self.metrics.validate()?;
         self.auth.validate()?;
         self.tls.validate()?;
+        self.cluster.validate()?;
         if self.tls.proxy_protocol && self.listener.trusted_proxies.is_empty() {
             return Err(ConfigError::Invalid {
                 option: "listener.trusted_proxies",

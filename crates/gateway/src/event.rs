@@ -104,6 +104,11 @@ pub struct OpenedData {
     pub connection_id: String,
     /// The gateway instance that holds the connection.
     pub gateway_node: String,
+    /// The epoch of the connection's claim in the cluster registry (absent without a
+    /// cluster, or while the registry is out of reach): of two events about the same
+    /// charge point, the one with the higher epoch is about the newer connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// A charge point disconnected.
@@ -122,6 +127,9 @@ pub struct ClosedData {
     pub connection_id: String,
     /// The gateway instance that held the connection.
     pub gateway_node: String,
+    /// The epoch of the connection's claim (see [`OpenedData::epoch`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// The result of a backend command: exactly one per command.

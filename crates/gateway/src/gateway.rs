@@ -15,6 +15,7 @@ use crate::{
         metrics::AuthMetrics, store::FileStore, Authenticator, CertificatePolicy, CredentialStore,
     },
     backend::{Commander, ReplyRouter},
+    cluster::{internal::InternalState, Cluster, ClusterError, ClusterMetrics},
     config::{Config, EventOutput},
     health::{Health, Lifecycle},
     http_server::{self, HttpLimits, HttpMetrics},
@@ -68,6 +69,7 @@ pub struct Gateway {
     auth_metrics: AuthMetrics,
     tls: Option<(Arc<TlsServer>, TcpListener)>,
     admin_tls: Option<Arc<TlsServer>>,
+    cluster: Option<(Arc<Cluster>, TcpListener)>,
 }
 
 /// Why the gateway could not start.
@@ -98,6 +100,9 @@ pub enum StartError {
     /// A TLS certificate, key, CA bundle or CRL could not be used.
     #[error("cannot set up the TLS listener: {0}")]
     Tls(#[from] TlsSetupError),
+    /// The cluster registry's client rejected its configuration.
+    #[error("cannot set up the cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// Where events go, chosen by the configuration.
@@ -163,6 +168,25 @@ impl Gateway {
 
         let lifecycle = Arc::new(Lifecycle::default());
         let sessions = Arc::new(Registry::default());
+        let cluster_metrics = ClusterMetrics::register(&mut registry);
+        let cluster = match config.cluster.enabled() {
+            true => {
+                let listener =
+                    bind("cluster internal API", config.cluster.internal_address).await?;
+                let bound = listener
+                    .local_addr()
+                    .unwrap_or(config.cluster.internal_address);
+                let node = Arc::new(Cluster::new(
+                    config.node_id.clone(),
+                    config.cluster.advertised_url(bound),
+                    config.cluster.clone(),
+                    sessions.clone(),
+                    cluster_metrics,
+                )?);
+                Some((node, listener))
+            }
+            false => None,
+        };
         let ring = Arc::new(EventRing::new(config.events.ring_size));
         let debug_traces = Arc::new(DebugTraces::default());
         let replies = events
@@ -218,7 +242,7 @@ impl Gateway {
             auth_metrics.clone(),
             security_events,
         ));
-        let ocpp = Arc::new(OcppListener::new(
+        let mut ocpp = OcppListener::new(
             config.listener.clone(),
             sessions.clone(),
             lifecycle.clone(),
@@ -226,18 +250,21 @@ impl Gateway {
             pipeline,
             sessions_context,
             auth.clone(),
-        ));
-        let commander = Arc::new(Commander::new(
-            sessions.clone(),
-            validator,
-            config.session.call_timeout,
-        ));
+        );
+        let mut commander =
+            Commander::new(sessions.clone(), validator, config.session.call_timeout);
+        if let Some((node, _)) = &cluster {
+            ocpp = ocpp.with_ownership(node.clone());
+            commander = commander.with_owners(node.clone());
+        }
+        let (ocpp, commander) = (Arc::new(ocpp), Arc::new(commander));
         let health = Arc::new(Gateway::health(
             &config,
             &lifecycle,
             &sessions,
             &events,
             replies.as_ref(),
+            cluster.as_ref().map(|(node, _)| node),
         ));
         let admin = Arc::new(AdminState {
             health: health.clone(),
@@ -249,6 +276,8 @@ impl Gateway {
             api_token: config.admin.api_token.clone(),
             max_charge_point_id_length: config.listener.max_charge_point_id_length,
             auth: auth.clone(),
+            cluster: cluster.as_ref().map(|(node, _)| node.clone()),
+            node_id: config.node_id.clone(),
         });
         let scrape = {
             let metrics = metrics.clone();
@@ -283,6 +312,7 @@ impl Gateway {
             auth_metrics,
             tls,
             admin_tls,
+            cluster,
         })
     }
 
@@ -328,6 +358,7 @@ impl Gateway {
         sessions: &Arc<Registry>,
         events: &EventsOut,
         replies: Option<&Arc<ReplyRouter>>,
+        cluster: Option<&Arc<Cluster>>,
     ) -> Health {
         let mut health = Health::new(lifecycle.clone(), config.node_id.clone());
         // The sink first: with Kafka it is the broker, and the reply consumer below waits
@@ -361,7 +392,20 @@ impl Gateway {
         health.component("commandConsumer", move || {
             serde_json::json!(bus.as_ref().map(|bus| bus.command_consumer_health()))
         });
+        // Shown, never a readiness check: a Redis blink must not take the fleet's
+        // listeners out of the load balancer.
+        let cluster = cluster.cloned();
+        health.component("clusterRegistry", move || {
+            serde_json::json!(cluster.as_ref().map(|cluster| cluster.health()))
+        });
         health
+    }
+
+    /// The bound internal API address, when clustering is on.
+    pub fn internal_address(&self) -> Option<SocketAddr> {
+        self.cluster
+            .as_ref()
+            .and_then(|(_, listener)| listener.local_addr().ok())
     }
 
     /// The bound OCPP listener address.
@@ -424,6 +468,7 @@ impl Gateway {
             auth_metrics,
             tls,
             admin_tls,
+            cluster,
         } = self;
         info!(address = %ocpp_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ocpp listener bound");
         info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener bound");
@@ -473,7 +518,7 @@ impl Gateway {
                 crate::metrics::server::router(scrape),
                 limits,
                 HttpListener::Metrics,
-                http_metrics,
+                http_metrics.clone(),
                 stop_http.clone(),
             ));
         }
@@ -514,6 +559,33 @@ impl Gateway {
             }
             None => warn!("no auth.credentials_file: charge points are not authenticated (security profile 0); anyone who knows a charge point id can connect as it"),
         }
+        let cluster_node = match cluster {
+            Some((node, listener)) => {
+                info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node = %node.node(), "cluster internal API bound");
+                let limits = HttpLimits {
+                    max_connections: config.admin.max_connections.max(256),
+                    probe_places: 0,
+                    idle_timeout: config.admin.idle_timeout.max(Duration::from_secs(60)),
+                    max_body_bytes: ADMIN_MAX_BODY_BYTES,
+                };
+                let state = Arc::new(InternalState {
+                    cluster: node.clone(),
+                    commander: commander.clone(),
+                });
+                background.spawn(http_server::serve(
+                    listener,
+                    None,
+                    crate::cluster::internal::router(state),
+                    limits,
+                    HttpListener::Internal,
+                    http_metrics.clone(),
+                    stop_http.clone(),
+                ));
+                background.spawn(node.clone().maintain(stop_http.clone()));
+                Some(node)
+            }
+            None => None,
+        };
         let mut command_task = None;
         if let Some(bus) = &bus {
             background.spawn(bus.clone().monitor(stop_bus.clone()));
@@ -530,6 +602,7 @@ impl Gateway {
                 metrics,
                 node_id: config.node_id.clone(),
                 drain_timeout: config.shutdown.drain_time + config.session.call_timeout,
+                cluster: cluster_node.clone(),
             });
             command_task = Some(tokio::spawn(kafka::commands::run(
                 consumer,

@@ -270,3 +270,37 @@ fn closing(status: StatusCode, message: &str) -> Response {
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
+
+/// Whether `headers` carry `Authorization: Bearer <token>`. The scheme is matched
+/// case-insensitively (RFC 7235 2.1), the token in constant time.
+pub fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_credentials)
+        .is_some_and(|presented| {
+            subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.as_bytes()).into()
+        })
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_credentials;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "  Bearer   abc"] {
+            assert_eq!(bearer_credentials(value), Some("abc"), "{value}");
+        }
+        assert_eq!(bearer_credentials("Basic abc"), None);
+        assert_eq!(bearer_credentials("Bearer"), None);
+    }
+}

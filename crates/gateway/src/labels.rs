@@ -182,6 +182,8 @@ closed_set! {
         Admin => "admin",
         /// The metrics endpoint (`metrics.address`).
         Metrics => "metrics",
+        /// The cluster's internal API (`cluster.internal_address`).
+        Internal => "internal",
     }
 }
 
@@ -196,7 +198,8 @@ closed_set! {
         CallError => "callError",
         /// No answer within the command's timeout.
         Timeout => "timeout",
-        /// The charge point is not connected to this gateway (or left before answering).
+        /// The charge point is not connected to this gateway, nor (in a cluster) to a node
+        /// that could be reached; or it left before answering.
         NotConnected => "notConnected",
         /// The command's `expiresAt` passed before it could be sent or answered (Kafka).
         Expired => "expired",
@@ -204,6 +207,10 @@ closed_set! {
         Invalid => "invalid",
         /// Too many commands already wait for the charge point (admin API).
         QueueFull => "queueFull",
+        /// A cluster node began sending the command and left without a result (its
+        /// partition moved, or it died): whether the charge point got it is unknown
+        /// (Kafka).
+        Unknown => "unknown",
     }
 }
 
@@ -338,6 +345,50 @@ closed_set! {
     }
 }
 
+closed_set! {
+    /// A cluster registry operation: `ocppgw_cluster_registry_errors_total{operation}`.
+    RegistryOperation {
+        /// Claiming a charge point after its handshake.
+        Claim => "claim",
+        /// Releasing it when its connection ends.
+        Release => "release",
+        /// Finding a charge point's owner (commands, introspection).
+        Lookup => "lookup",
+        /// Writing or renewing this node's lease.
+        Lease => "lease",
+        /// Marking a Kafka command id across nodes.
+        CommandId => "command_id",
+    }
+}
+
+closed_set! {
+    /// How a registry claim ended: `ocppgw_cluster_claims_total{result}`.
+    ClaimResult {
+        /// The charge point was free, or held here before.
+        Claimed => "claimed",
+        /// Another node held it; that node is told to close its connection.
+        TookOver => "took_over",
+        /// Reconciling after a registry outage found a newer connection on another node;
+        /// the one here was closed.
+        Superseded => "superseded",
+        /// Redis did not answer; the claim is retried when it does.
+        Failed => "failed",
+    }
+}
+
+closed_set! {
+    /// How a command forwarded to another node ended:
+    /// `ocppgw_cluster_forwards_total{result}`.
+    ForwardResult {
+        /// The owner answered with the command's outcome.
+        Answered => "answered",
+        /// The owner no longer held the charge point under the epoch read.
+        StaleEpoch => "stale_epoch",
+        /// The owner did not answer, or not in time.
+        Failed => "failed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +414,9 @@ mod tests {
         unique(AuthResult::ALL, AuthResult::as_str);
         unique(SecurityEventKind::ALL, SecurityEventKind::as_str);
         unique(TlsHandshakeResult::ALL, TlsHandshakeResult::as_str);
+        unique(RegistryOperation::ALL, RegistryOperation::as_str);
+        unique(ClaimResult::ALL, ClaimResult::as_str);
+        unique(ForwardResult::ALL, ForwardResult::as_str);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod config_check;
 pub mod event;

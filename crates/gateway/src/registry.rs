@@ -1,13 +1,27 @@
 //! Which charge points are connected to this instance, by id.
 //!
-//! A later cluster registry (Redis) records the owner instance of each charge point; this
-//! local registry stays the source of truth for the sessions this process holds.
+//! In a cluster, the shared registry (`cluster/`) records which node owns each charge
+//! point; this local registry stays the source of truth for the sessions this process
+//! holds, and [`Ownership`] is how the listener tells the shared one.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
+use futures_util::future::BoxFuture;
 use parking_lot::RwLock;
 
-use crate::session::SessionHandle;
+use crate::session::{ConnectionInfo, SessionHandle};
+
+/// Claims and releases charge points in a registry shared with other instances.
+pub trait Ownership: Send + Sync {
+    /// Claims the charge point of a connection that has just been registered here (and
+    /// records the claim's epoch in `info`). Never fails: a claim the shared registry
+    /// cannot take now is retried later.
+    fn claim(&self, info: Arc<ConnectionInfo>) -> BoxFuture<'_, ()>;
+
+    /// Releases the claim of a connection that has ended (and is unregistered here), if
+    /// it is still this connection's.
+    fn release(&self, info: Arc<ConnectionInfo>) -> BoxFuture<'_, ()>;
+}
 
 /// The live sessions of this instance, ordered by charge point id.
 #[derive(Default)]

@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod pki;
+pub mod redis;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

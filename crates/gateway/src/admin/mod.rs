@@ -25,7 +25,7 @@ use crate::{
     labels::{CommandSource, CommandStatus, DisconnectReason},
     metrics::{any_version_action_label, Metrics},
     registry::Registry,
-    session::{QueueMode, SessionHandle},
+    session::QueueMode,
     sink::ring::EventRing,
     telemetry::debug_trace::DebugTraces,
 };
@@ -53,6 +53,10 @@ pub struct AdminState {
     pub max_charge_point_id_length: usize,
     /// Charge point authentication and its credential store.
     pub auth: Arc<crate::auth::Authenticator>,
+    /// This node in its cluster, when clustering is on.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// This node's id (`node_id`).
+    pub node_id: String,
 }
 
 /// The admin API's routes.
@@ -101,14 +105,7 @@ async fn require_token(
     next: axum::middleware::Next,
 ) -> Response {
     if let Some(token) = &admin.api_token {
-        let presented = request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer_credentials);
-        if !presented
-            .is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes()))
-        {
+        if !crate::http_server::bearer_matches(request.headers(), token) {
             let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -118,20 +115,6 @@ async fn require_token(
         }
     }
     next.run(request).await
-}
-
-/// The credentials of an `Authorization: Bearer <token>` value; the scheme is matched
-/// case-insensitively (RFC 7235 2.1).
-fn bearer_credentials(value: &str) -> Option<&str> {
-    let (scheme, credentials) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| credentials.trim_start())
-}
-
-/// Compares without leaking, through timing, how much of the token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -157,20 +140,6 @@ async fn health(State(admin): State<Arc<AdminState>>) -> Response {
     Json(admin.health.report()).into_response()
 }
 
-fn connection_json(handle: &SessionHandle) -> Value {
-    let info = &handle.info;
-    json!({
-        "chargePointId": info.charge_point_id,
-        "connectionId": info.connection_id,
-        "ocppVersion": info.version,
-        "peerAddress": info.peer_address.to_string(),
-        "connectedSince": info.connected_at,
-        "lastMessageAt": info.last_message_at(),
-        "pendingCall": info.pending_call(),
-        "queuedCalls": handle.queued_calls(),
-    })
-}
-
 /// The `limit` of a listing: 100 by default, at most `MAX_PAGE`.
 fn page_limit(limit: Option<usize>) -> Result<usize, String> {
     let limit = limit.unwrap_or(100);
@@ -185,6 +154,7 @@ fn page_limit(limit: Option<usize>) -> Result<usize, String> {
 struct PageQuery {
     limit: Option<usize>,
     after: Option<String>,
+    scope: Option<String>,
 }
 
 async fn list_connections(
@@ -198,27 +168,98 @@ async fn list_connections(
         Ok(limit) => limit,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let cluster_wide = match query.scope.as_deref() {
+        None | Some("node") => false,
+        Some("cluster") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("scope must be node or cluster, not {other:?}"),
+            )
+        }
+    };
+    let after = query.after.as_deref();
     // One extra tells whether another page follows.
-    let mut page = admin.sessions.page(query.after.as_deref(), limit + 1);
+    let mut page: Vec<Value> = admin
+        .sessions
+        .page(after, limit + 1)
+        .iter()
+        .map(|handle| handle.describe(&admin.node_id))
+        .collect();
+    let mut total = admin.sessions.len();
+    let mut unreachable = Vec::new();
+    if let (true, Some(cluster)) = (cluster_wide, &admin.cluster) {
+        let peers = match cluster.peers().await {
+            Ok(peers) => peers,
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the cluster registry is unavailable: {e}"),
+                )
+            }
+        };
+        // Each node's first page after the cursor, merged: the cluster's page.
+        for (node, url) in peers {
+            match crate::cluster::internal::fetch_page(cluster, &url, after, limit + 1).await {
+                Ok((count, connections)) => {
+                    total += count;
+                    page.extend(connections);
+                }
+                Err(e) => unreachable.push(json!({ "node": node, "error": e })),
+            }
+        }
+        page.sort_by(|a, b| {
+            a["chargePointId"]
+                .as_str()
+                .cmp(&b["chargePointId"].as_str())
+        });
+    }
     let more = page.len() > limit;
     page.truncate(limit);
     let next_after = more
-        .then(|| page.last().map(|h| h.info.charge_point_id.clone()))
+        .then(|| {
+            page.last()
+                .and_then(|c| c["chargePointId"].as_str())
+                .map(str::to_owned)
+        })
         .flatten();
-    Json(json!({
-        "total": admin.sessions.len(),
-        "connections": page.iter().map(connection_json).collect::<Vec<_>>(),
+    let mut body = json!({
+        "total": total,
+        "connections": page,
         "nextAfter": next_after,
-    }))
-    .into_response()
+    });
+    if cluster_wide {
+        body["unreachableNodes"] = json!(unreachable);
+    }
+    Json(body).into_response()
 }
 
 async fn get_connection(State(admin): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
-    match admin.sessions.get(&id) {
-        Some(handle) => Json(connection_json(&handle)).into_response(),
-        None => error(
+    if let Some(handle) = admin.sessions.get(&id) {
+        return Json(handle.describe(&admin.node_id)).into_response();
+    }
+    let not_connected = || {
+        error(
             StatusCode::NOT_FOUND,
             format!("charge point {id} is not connected"),
+        )
+    };
+    let Some(cluster) = &admin.cluster else {
+        return not_connected();
+    };
+    match cluster.owner_elsewhere(&id).await {
+        Ok(Some((node, url))) => match crate::cluster::internal::fetch_one(cluster, &url, &id).await {
+            Ok(Some(connection)) => Json(connection).into_response(),
+            Ok(None) => not_connected(),
+            Err(e) => error(
+                StatusCode::BAD_GATEWAY,
+                format!("charge point {id} is held by node {node}, which did not answer: {e}"),
+            ),
+        },
+        Ok(None) => not_connected(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("charge point {id} is not connected to this node and the cluster registry is unavailable: {e}"),
         ),
     }
 }
@@ -278,6 +319,7 @@ async fn send_command(
         CommandStatus::Timeout | CommandStatus::Expired => StatusCode::GATEWAY_TIMEOUT,
         CommandStatus::NotConnected => StatusCode::NOT_FOUND,
         CommandStatus::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        CommandStatus::Unknown => StatusCode::BAD_GATEWAY,
     };
     let mut body = json!({ "status": report.status.as_str() });
     if let Some(response) = report.response {
@@ -422,18 +464,4 @@ async fn list_debug_traces(State(admin): State<Arc<AdminState>>) -> Json<Value> 
         .map(|(id, until)| json!({ "chargePointId": id, "until": until }))
         .collect();
     Json(json!({ "debugTraces": traces }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bearer_credentials;
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        for value in ["Bearer abc", "bearer abc", "BEARER abc", "  Bearer   abc"] {
-            assert_eq!(bearer_credentials(value), Some("abc"), "{value}");
-        }
-        assert_eq!(bearer_credentials("Basic abc"), None);
-        assert_eq!(bearer_credentials("Bearer"), None);
-    }
 }

@@ -229,9 +229,11 @@ fn settle(outcome: Result<CallOutcome, CommandRejected>, grace_ends: DateTime<Ut
             refused("not sent: the charge point's command queue is full".into())
         }
         Ok(CallOutcome::CallError(info)) => refused(format!("{}: {}", info.code, info.description)),
-        Ok(CallOutcome::Timeout | CallOutcome::NotConnected) => Rotated::Unanswered {
-            new_valid_until: grace_ends,
-        },
+        Ok(CallOutcome::Timeout | CallOutcome::NotConnected | CallOutcome::Unroutable(_)) => {
+            Rotated::Unanswered {
+                new_valid_until: grace_ends,
+            }
+        }
         Ok(CallOutcome::Completed(response)) => {
             let response: Value = serde_json::from_str(response.get()).unwrap_or(Value::Null);
             // 1.6: {"status": ...}; 2.x: {"setVariableResult": [{"attributeStatus": ...}]}.

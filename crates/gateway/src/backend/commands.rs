@@ -3,9 +3,13 @@
 //! checks what both accept, [`Commander::send`] finds the session, validates and calls,
 //! and [`CommandReport`] says how it ended in the terms both answer with.
 //!
-//! A cluster adds "look up the owner and forward" to [`Commander::send`], nowhere else.
+//! In a cluster, [`Commander::send`] asks [`Owners`] where the charge point is: here, it
+//! delivers; on another node, it forwards there (the owner refuses a stale epoch, and
+//! the commander then looks once more); nowhere, `notConnected`.
 
 use std::{sync::Arc, time::Duration};
+
+use futures_util::future::BoxFuture;
 
 use ocpp::{OcppVersion, ViolationDetail};
 use serde_json::{json, value::RawValue, Value};
@@ -105,11 +109,73 @@ impl CommandRejected {
     }
 }
 
-/// Sends commands to the charge points connected here.
+/// Where a charge point's session is, as the cluster registry says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// On this node (or the registry is out of reach and it is connected here).
+    Here,
+    /// On another live node.
+    Elsewhere(RemoteOwner),
+    /// Not connected anywhere; why, when there is more to say than that.
+    Nowhere(Option<String>),
+}
+
+/// The node that holds a charge point, per the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteOwner {
+    /// Its node id.
+    pub node: String,
+    /// Its internal API.
+    pub url: String,
+    /// The epoch of its claim.
+    pub epoch: u64,
+    /// The charge point's OCPP version.
+    pub version: OcppVersion,
+}
+
+/// How a forwarded command ended.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// The owner sent it (or refused it): its outcome.
+    Outcome(CallOutcome),
+    /// The owner no longer holds the charge point under that epoch.
+    StaleEpoch,
+    /// The owner could not be reached or did not answer in time: why.
+    Failed(String),
+}
+
+/// The cluster, as the commander sees it.
+pub trait Owners: Send + Sync {
+    /// Where `charge_point_id` is connected.
+    fn locate<'a>(&'a self, charge_point_id: &'a str) -> BoxFuture<'a, Location>;
+
+    /// Sends `request` to `owner`, which delivers it if it still holds the charge point
+    /// under `owner.epoch`.
+    fn forward<'a>(
+        &'a self,
+        charge_point_id: &'a str,
+        owner: &'a RemoteOwner,
+        request: &'a CommandRequest,
+        mode: QueueMode,
+    ) -> BoxFuture<'a, Forwarded>;
+}
+
+/// What the owner did with a forwarded command.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Sent (or refused before sending).
+    Done(Result<CallOutcome, CommandRejected>),
+    /// Its session here has another epoch than the forwarder read (or there is none).
+    StaleEpoch,
+}
+
+/// Sends commands to charge points: those connected here, and through [`Owners`] those
+/// connected to other nodes.
 pub struct Commander {
     sessions: Arc<Registry>,
     validator: Arc<Validator>,
     default_timeout: Duration,
+    owners: Option<Arc<dyn Owners>>,
 }
 
 impl Commander {
@@ -124,7 +190,14 @@ impl Commander {
             sessions,
             validator,
             default_timeout,
+            owners: None,
         }
+    }
+
+    /// The same commander, reaching charge points on other nodes through `owners`.
+    pub fn with_owners(mut self, owners: Arc<dyn Owners>) -> Commander {
+        self.owners = Some(owners);
+        self
     }
 
     /// The timeout a request gets.
@@ -132,10 +205,92 @@ impl Commander {
         request.timeout.unwrap_or(self.default_timeout)
     }
 
-    /// Validates `request` for the charge point's version and sends it.
+    /// Validates `request` for the charge point's version and sends it, here or (in a
+    /// cluster) through the node that holds the charge point.
     ///
-    /// `Ok(CallOutcome::NotConnected)` when the charge point is not connected here.
+    /// `Ok(CallOutcome::NotConnected)` when the charge point is not connected anywhere.
     pub async fn send(
+        &self,
+        charge_point_id: &str,
+        request: &CommandRequest,
+        mode: QueueMode,
+    ) -> Result<CallOutcome, CommandRejected> {
+        let Some(owners) = &self.owners else {
+            return self.send_here(charge_point_id, request, mode).await;
+        };
+        let request = CommandRequest {
+            timeout: Some(self.timeout_of(request)),
+            ..request.clone()
+        };
+        // A stale epoch means the charge point moved between the lookup and the
+        // forward: one more lookup finds where it went.
+        for _ in 0..2 {
+            match owners.locate(charge_point_id).await {
+                Location::Here => return self.send_here(charge_point_id, &request, mode).await,
+                Location::Nowhere(None) => return Ok(CallOutcome::NotConnected),
+                Location::Nowhere(Some(reason)) => return Ok(CallOutcome::Unroutable(reason)),
+                Location::Elsewhere(owner) => {
+                    self.check(owner.version, &request)?;
+                    match owners
+                        .forward(charge_point_id, &owner, &request, mode)
+                        .await
+                    {
+                        Forwarded::Outcome(outcome) => return Ok(outcome),
+                        Forwarded::Failed(reason) => {
+                            return Ok(CallOutcome::Unroutable(format!(
+                                "charge point {charge_point_id} is held by node {}, which did not answer: {reason}",
+                                owner.node
+                            )))
+                        }
+                        Forwarded::StaleEpoch => continue,
+                    }
+                }
+            }
+        }
+        Ok(CallOutcome::Unroutable(format!(
+            "charge point {charge_point_id} moved between nodes while the command was routed"
+        )))
+    }
+
+    /// Delivers a command another node forwarded, if the session here still has
+    /// `epoch`.
+    pub async fn deliver_forwarded(
+        &self,
+        charge_point_id: &str,
+        epoch: u64,
+        request: &CommandRequest,
+        mode: QueueMode,
+    ) -> Delivery {
+        match self.sessions.get(charge_point_id) {
+            Some(session) if session.info.epoch() == epoch => {
+                Delivery::Done(self.send_here(charge_point_id, request, mode).await)
+            }
+            _ => Delivery::StaleEpoch,
+        }
+    }
+
+    /// Checks `request` against the schemas of `version`.
+    fn check(&self, version: OcppVersion, request: &CommandRequest) -> Result<(), CommandRejected> {
+        let action = request.action.as_str();
+        match self.validator.command(version, action, &request.payload) {
+            Ok(()) => Ok(()),
+            Err(CommandProblem::UnknownAction(reason)) => Err(CommandRejected::UnknownAction {
+                action: action.to_owned(),
+                version,
+                reason,
+            }),
+            Err(CommandProblem::InvalidPayload(violations)) => {
+                Err(CommandRejected::InvalidPayload {
+                    action: action.to_owned(),
+                    version,
+                    violations,
+                })
+            }
+        }
+    }
+
+    /// Validates and sends `request` to the session here.
+    async fn send_here(
         &self,
         charge_point_id: &str,
         request: &CommandRequest,
@@ -146,23 +301,7 @@ impl Commander {
         };
         let version = session.info.version;
         let action = request.action.as_str();
-        match self.validator.command(version, action, &request.payload) {
-            Ok(()) => {}
-            Err(CommandProblem::UnknownAction(reason)) => {
-                return Err(CommandRejected::UnknownAction {
-                    action: action.to_owned(),
-                    version,
-                    reason,
-                })
-            }
-            Err(CommandProblem::InvalidPayload(violations)) => {
-                return Err(CommandRejected::InvalidPayload {
-                    action: action.to_owned(),
-                    version,
-                    violations,
-                })
-            }
-        }
+        self.check(version, request)?;
         let raw = RawValue::from_string(request.payload.to_string()).map_err(|_| {
             CommandRejected::InvalidPayload {
                 action: action.to_owned(),
@@ -264,6 +403,9 @@ impl CommandReport {
                     "charge point {charge_point_id} is not connected to this gateway"
                 )),
             ),
+            Ok(CallOutcome::Unroutable(reason)) => {
+                failed(CommandStatus::NotConnected, CommandError::Described(reason))
+            }
             Ok(CallOutcome::QueueFull) => failed(
                 CommandStatus::QueueFull,
                 CommandError::Described(

@@ -8,6 +8,7 @@ pub mod config;
 pub mod replies;
 
 pub use commands::{
-    CommandError, CommandRejected, CommandReport, CommandRequest, Commander, MAX_TIMEOUT_SECONDS,
+    CommandError, CommandRejected, CommandReport, CommandRequest, Commander, Delivery, Forwarded,
+    Location, Owners, RemoteOwner, MAX_TIMEOUT_SECONDS,
 };
 pub use replies::{Reply, ReplyRouter, ReplyWait};

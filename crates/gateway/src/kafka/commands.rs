@@ -66,6 +66,70 @@ pub struct CommandConsumer {
     pub node_id: String,
     /// How long shutdown waits for the commands in progress.
     pub drain_timeout: Duration,
+    /// This node's cluster, which remembers command ids across nodes.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+/// How often a node that re-reads a command another node is sending looks again.
+const PENDING_POLL: Duration = Duration::from_millis(500);
+
+/// What the cluster's memory of a command id says to do with a record.
+#[derive(Debug, PartialEq)]
+enum Sighting {
+    /// Send it: no node has.
+    Send,
+    /// Another node wrote its result: nothing is owed.
+    Answered,
+    /// A node began sending it and is gone, or never finished: its delivery is unknown.
+    Unknown(String),
+}
+
+/// Marks `command_id` as being sent here, or learns what became of it elsewhere. A
+/// command another live node is sending (its partition moved here meanwhile) is waited
+/// for, so that it ends with exactly one result. Without Redis, the local memory of ids
+/// is all there is.
+async fn sighting(parts: &CommandConsumer, command_id: &str, longest: Duration) -> Sighting {
+    use crate::cluster::redis_registry::CommandMark;
+    let Some(cluster) = &parts.cluster else {
+        return Sighting::Send;
+    };
+    let registry = cluster.registry();
+    let ttl = cluster.config().command_id_ttl;
+    let mark = registry
+        .mark_command(command_id, cluster.node(), cluster.incarnation(), ttl)
+        .await;
+    let deadline = Instant::now() + longest;
+    let mut mark = match mark {
+        Ok(mark) => mark,
+        Err(e) => {
+            cluster
+                .metrics()
+                .registry(crate::labels::RegistryOperation::CommandId, false);
+            crate::warn_limited!(%command_id, error = %e, "command id not checked across nodes (registry unavailable); sending");
+            return Sighting::Send;
+        }
+    };
+    loop {
+        match &mark {
+            CommandMark::First => return Sighting::Send,
+            CommandMark::Done => return Sighting::Answered,
+            CommandMark::Pending { node, incarnation } => {
+                let alive = cluster.is_alive(node, incarnation).await.unwrap_or(true);
+                let mine = node == cluster.node() && incarnation == cluster.incarnation();
+                if (!alive && !mine) || Instant::now() >= deadline {
+                    return Sighting::Unknown(format!(
+                        "node {node} was sending this command when its partition moved, and did not write a result; whether the charge point received it is unknown"
+                    ));
+                }
+                tokio::time::sleep(PENDING_POLL).await;
+                mark = match registry.command_mark(command_id).await {
+                    Ok(Some(mark)) => mark,
+                    Ok(None) => return Sighting::Send,
+                    Err(_) => mark,
+                };
+            }
+        }
+    }
 }
 
 /// Command ids seen recently.
@@ -171,7 +235,7 @@ async fn run_once(
         .set("session.timeout.ms", session_timeout.to_string())
         .set("heartbeat.interval.ms", (session_timeout / 5).to_string())
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", config.command_start.as_str())
         .set("enable.partition.eof", "false")
         .set(
             "statistics.interval.ms",
@@ -267,7 +331,16 @@ async fn run_once(
                         let action =
                             any_version_action_label(result.action.as_deref().unwrap_or_default());
                         parts.metrics.command(CommandSource::Kafka, action, status);
-                        publish_result(&parts.bus, result, &stop).await
+                        let command_id = result.command_id.clone();
+                        let published = publish_result(&parts.bus, result, &stop).await;
+                        if let (true, Some(cluster)) = (published, &parts.cluster) {
+                            let ttl = cluster.config().command_id_ttl;
+                            if let Err(e) = cluster.registry().command_done(&command_id, ttl).await {
+                                cluster.metrics().registry(crate::labels::RegistryOperation::CommandId, false);
+                                warn!(%command_id, error = %e, "command result written but not marked across nodes");
+                            }
+                        }
+                        published
                     }
                     None => true,
                 };
@@ -404,6 +477,26 @@ async fn handle(
         return Some(result(id, expired("expiresAt has passed")));
     }
     let timeout = parts.commander.timeout_of(&request);
+    let longest = timeout
+        + parts
+            .cluster
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.config().forward_timeout);
+    match sighting(parts, id, longest).await {
+        Sighting::Send => {}
+        Sighting::Answered => {
+            info!(command_id = %id, "command already answered by another node; not sent again");
+            return None;
+        }
+        Sighting::Unknown(description) => {
+            let report = CommandReport {
+                status: CommandStatus::Unknown,
+                response: None,
+                error: Some(crate::backend::CommandError::Described(description)),
+            };
+            return Some(result(id, report));
+        }
+    }
     let request = CommandRequest {
         timeout: Some(remaining.map_or(timeout, |left| left.min(timeout))),
         ..request

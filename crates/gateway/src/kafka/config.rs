@@ -18,7 +18,8 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// Partitions of topics the gateway creates.
     pub topic_partitions: i32,
-    /// Replication factor of topics the gateway creates.
+    /// Replication factor of topics the gateway creates; capped at the number of brokers
+    /// the cluster has when the topics are created.
     pub topic_replication: i32,
     /// How long the producer tries to deliver an event before giving up (a durable
     /// CALL then gets a CALLERROR and the charge point retries).
@@ -29,6 +30,10 @@ pub struct KafkaConfig {
     pub max_in_flight: usize,
     /// Consumer group of the command consumer.
     pub command_group: String,
+    /// Where a command group with no committed offset starts reading: `earliest` (every
+    /// command still on the topic, the default: none is lost while no gateway ran) or
+    /// `latest` (only commands produced from now on).
+    pub command_start: CommandStart,
     /// Commands processed at the same time (each waits for its charge point).
     pub max_concurrent_commands: usize,
     /// A command id seen again within this window is not sent to the charge point again.
@@ -70,6 +75,26 @@ pub struct TopicsConfig {
     pub replies: String,
 }
 
+/// Where a new command group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStart {
+    /// The oldest command still on the topic.
+    Earliest,
+    /// Commands produced after the group first joins.
+    Latest,
+}
+
+impl CommandStart {
+    /// The librdkafka `auto.offset.reset` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStart::Earliest => "earliest",
+            CommandStart::Latest => "latest",
+        }
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -81,6 +106,7 @@ impl Default for KafkaConfig {
             delivery_timeout: Duration::from_secs(10),
             max_in_flight: 10_000,
             command_group: "charge-point-gateway".to_owned(),
+            command_start: CommandStart::Earliest,
             max_concurrent_commands: 1000,
             command_dedup_window: Duration::from_secs(600),
             command_session_timeout: Duration::from_secs(15),

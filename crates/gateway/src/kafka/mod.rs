@@ -455,7 +455,7 @@ impl KafkaBus {
                         warn!(missing, "Kafka topics are gone (a broker restarted without its data?); creating them again");
                     }
                     if !self.topics_ready.load(Ordering::Relaxed) {
-                        match self.create_topics().await {
+                        match self.create_topics(brokers).await {
                             Ok(()) => self.topics_ready.store(true, Ordering::Relaxed),
                             Err(e) => self.set_error(format!("creating topics: {e}")),
                         }
@@ -500,17 +500,32 @@ impl KafkaBus {
         .collect()
     }
 
-    async fn create_topics(&self) -> Result<(), KafkaError> {
+    /// Creates the missing topics, with `kafka.topic_replication` replicas or as many as
+    /// there are `brokers`, whichever is fewer (one broker in a lab or a test).
+    async fn create_topics(&self, brokers: usize) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> =
             client_config(&self.config, &self.config.producer).create()?;
         let names = self.topic_names();
+        let replication = self
+            .config
+            .topic_replication
+            .min(i32::try_from(brokers).unwrap_or(i32::MAX))
+            .max(1);
+        if replication < self.config.topic_replication {
+            warn!(
+                brokers,
+                configured = self.config.topic_replication,
+                replication,
+                "fewer brokers than kafka.topic_replication: creating topics with one replica per broker"
+            );
+        }
         let new_topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|name| {
                 NewTopic::new(
                     name,
                     self.config.topic_partitions,
-                    TopicReplication::Fixed(self.config.topic_replication),
+                    TopicReplication::Fixed(replication),
                 )
             })
             .collect();

@@ -38,7 +38,7 @@ use crate::{
     metrics::Metrics,
     pipeline::Pipeline,
     proxy_protocol::{self, ProxyError},
-    registry::Registry,
+    registry::{Ownership, Registry},
     session::{self, ConnectionInfo, SessionContext, SessionEnd, SessionHandle},
     tls::{ClientCertificate, TlsFailure, TlsServer},
     token_bucket::TokenBucket,
@@ -70,6 +70,8 @@ pub struct OcppListener {
     policy: HandshakePolicy,
     /// The WebSocket limits of every connection.
     ws_config: WebSocketConfig,
+    /// The cluster registry, which learns of each connection here.
+    ownership: Option<Arc<dyn Ownership>>,
 }
 
 impl OcppListener {
@@ -110,7 +112,15 @@ impl OcppListener {
             pipeline,
             sessions_context,
             auth,
+            ownership: None,
         }
+    }
+
+    /// The same listener, claiming each connection in a cluster registry after its
+    /// handshake and releasing it when it ends.
+    pub fn with_ownership(mut self, ownership: Arc<dyn Ownership>) -> OcppListener {
+        self.ownership = Some(ownership);
+        self
     }
 
     /// Accepts charge points on `listener` until `stop`; each connection is a task on
@@ -284,8 +294,14 @@ impl OcppListener {
         fallback: bool,
     ) -> impl Future<Output = ()> + Send + '_ {
         let session = session::run(ws, self.sessions_context.clone(), info.clone(), end);
-        self.pipeline
-            .opened(info.clone(), fallback)
+        // Claimed before the opened event, which carries the claim's epoch.
+        let claim = match &self.ownership {
+            Some(ownership) => ownership.claim(info.clone()),
+            None => futures_util::future::ready(()).boxed(),
+        };
+        let opened_info = info.clone();
+        claim
+            .then(move |()| self.pipeline.opened(opened_info, fallback))
             .then(move |()| session)
             .then(move |ended| {
                 // Unregistered before the closed event, so that whoever sees the event also
@@ -293,7 +309,11 @@ impl OcppListener {
                 // place).
                 self.sessions
                     .remove(&info.charge_point_id, &info.connection_id);
-                self.pipeline.closed(info, ended)
+                let release = match &self.ownership {
+                    Some(ownership) => ownership.release(info.clone()),
+                    None => futures_util::future::ready(()).boxed(),
+                };
+                release.then(move |()| self.pipeline.closed(info, ended))
             })
     }
 

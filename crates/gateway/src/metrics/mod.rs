@@ -90,6 +90,7 @@ labels!(BuildLabels { version });
 labels!(ListenerLabels { listener });
 labels!(StateLabels { state });
 labels!(ProfileResultLabels { profile, result });
+labels!(OperationLabels { operation });
 
 /// Labels of per-broker Kafka metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -115,6 +115,7 @@ impl Pipeline {
             peer_address: info.peer_address,
             connection_id: info.connection_id.clone(),
             gateway_node: self.events.node_id().to_owned(),
+            epoch: Some(info.epoch()).filter(|epoch| *epoch != 0),
         };
         self.events
             .publish_quietly(
@@ -155,6 +156,7 @@ impl Pipeline {
             duration_seconds: duration,
             connection_id: info.connection_id.clone(),
             gateway_node: self.events.node_id().to_owned(),
+            epoch: Some(info.epoch()).filter(|epoch| *epoch != 0),
         };
         self.events
             .publish_quietly(

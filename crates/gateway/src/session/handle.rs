@@ -3,7 +3,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use crate::labels::DisconnectReason;
 use ocpp::OcppVersion;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::VecDeque;
 
@@ -40,6 +40,9 @@ pub struct ConnectionInfo {
     /// The serial number the charge point's BootNotification must carry: its client
     /// certificate's CN, when certificates are bound to serial numbers.
     pub bound_serial_number: Option<Box<str>>,
+    /// The epoch of this connection's claim in the cluster registry; 0 until claimed (and
+    /// always without a cluster).
+    epoch: AtomicU64,
     last_message_at_ms: AtomicI64,
     pending_call: Mutex<Option<PendingCallInfo>>,
 }
@@ -66,6 +69,7 @@ impl ConnectionInfo {
             peer_address,
             connected_at: Utc::now(),
             bound_serial_number: None,
+            epoch: AtomicU64::new(0),
             last_message_at_ms: AtomicI64::new(0),
             pending_call: Mutex::new(None),
         }
@@ -75,6 +79,16 @@ impl ConnectionInfo {
     pub fn with_bound_serial_number(mut self, serial_number: Option<String>) -> Self {
         self.bound_serial_number = serial_number.map(String::into_boxed_str);
         self
+    }
+
+    /// The epoch of this connection's registry claim (0: not claimed).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Records the epoch the registry gave this connection.
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
     }
 
     /// Records that a message arrived now.
@@ -115,6 +129,9 @@ pub enum CallOutcome {
     NotConnected,
     /// The charge point's call queue is full; try again later.
     QueueFull,
+    /// The charge point is not connected here and its owner in the cluster could not be
+    /// reached or found: why (reported with the `notConnected` status).
+    Unroutable(String),
 }
 
 impl CallOutcome {
@@ -124,14 +141,14 @@ impl CallOutcome {
             CallOutcome::Completed(_) => "completed",
             CallOutcome::CallError(_) => "callError",
             CallOutcome::Timeout => "timeout",
-            CallOutcome::NotConnected => "notConnected",
+            CallOutcome::NotConnected | CallOutcome::Unroutable(_) => "notConnected",
             CallOutcome::QueueFull => "queueFull",
         }
     }
 }
 
 /// Who produced a call error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ErrorOrigin {
     /// The charge point sent a CALLERROR.
@@ -141,7 +158,7 @@ pub enum ErrorOrigin {
 }
 
 /// A CALLERROR, or a response the gateway rejected.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallErrorInfo {
     /// The error code.
@@ -311,6 +328,26 @@ impl SessionHandle {
     /// How many calls wait behind the one in flight.
     pub fn queued_calls(&self) -> usize {
         self.mailbox.calls.lock().len()
+    }
+
+    /// The connection as the admin API lists it, held by `node`.
+    pub fn describe(&self, node: &str) -> serde_json::Value {
+        let info = &self.info;
+        let mut summary = serde_json::json!({
+            "chargePointId": info.charge_point_id,
+            "connectionId": info.connection_id,
+            "ocppVersion": info.version,
+            "peerAddress": info.peer_address.to_string(),
+            "connectedSince": info.connected_at,
+            "lastMessageAt": info.last_message_at(),
+            "pendingCall": info.pending_call(),
+            "queuedCalls": self.queued_calls(),
+            "gatewayNode": node,
+        });
+        if info.epoch() != 0 {
+            summary["epoch"] = info.epoch().into();
+        }
+        summary
     }
 
     /// Asks the session to close for `reason` (with its close code); returns at once.

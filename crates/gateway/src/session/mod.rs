@@ -575,7 +575,9 @@ where
                 CallEnd::CallError
             }
             CallOutcome::Timeout => CallEnd::Timeout,
-            CallOutcome::NotConnected | CallOutcome::QueueFull => CallEnd::NotConnected,
+            CallOutcome::NotConnected | CallOutcome::QueueFull | CallOutcome::Unroutable(_) => {
+                CallEnd::NotConnected
+            }
         };
         metrics.call_done(
             CallDirection::Outbound,

@@ -7,6 +7,7 @@
 
 mod auth;
 mod auth_properties;
+mod cluster;
 mod commands;
 mod handshake;
 mod handshake_properties;

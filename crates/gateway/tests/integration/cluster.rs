@@ -1,0 +1,378 @@
+//! Several gateways sharing a registry in a real `redis-server`: claims and takeovers,
+//! commands routed to the node that holds the charge point, and what happens while
+//! Redis is gone and when it comes back empty.
+
+use std::time::Duration;
+
+use charge_point_gateway::{
+    cluster::{
+        redis_registry::{Claim, Claimant, RedisRegistry},
+        ClusterConfig,
+    },
+    Config,
+};
+use gateway_testkit as common;
+
+use common::{redis::RedisServer, TestGateway, STEP};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "cluster-test-token-0123456789";
+
+fn cluster_config(redis: &RedisServer, node: &str) -> impl FnOnce(&mut Config) {
+    let url = redis.url();
+    let node = node.to_owned();
+    move |config| {
+        config.node_id = node;
+        config.cluster = ClusterConfig {
+            redis_urls: vec![url],
+            lease_time: Duration::from_secs(2),
+            redis_timeout: Duration::from_millis(500),
+            internal_address: "127.0.0.1:0".parse().unwrap(),
+            internal_token: Some(TOKEN.to_owned()),
+            ..ClusterConfig::default()
+        };
+    }
+}
+
+async fn node(redis: &RedisServer, name: &str) -> TestGateway {
+    let gw = TestGateway::start_with(cluster_config(redis, name)).await;
+    // Commands are forwarded only to nodes whose lease is in Redis.
+    wait_until(STEP, || async {
+        redis
+            .command(&["EXISTS", &format!("cpgw:node:{name}")])
+            .await
+            .is_ok_and(|reply| reply == "1")
+    })
+    .await;
+    gw
+}
+
+async fn owner(redis: &RedisServer, id: &str) -> String {
+    redis
+        .command(&["HGET", &format!("cpgw:cp:{{{id}}}:owner"), "node"])
+        .await
+        .unwrap()
+}
+
+async fn wait_until<F, Fut>(within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in {within:?}"
+        );
+        // The registry has no notification to await; poll it at a short interval.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn reset() -> Value {
+    json!({"action": "Reset", "payload": {"type": "Soft"}})
+}
+
+/// Answers the next CALL with Accepted; returns the CALL.
+async fn accept_next(cp: &mut common::Cp) -> Value {
+    let call = cp.frame().await;
+    assert_eq!(call[0], 2, "{call}");
+    cp.send_json(json!([3, call[1], {"status": "Accepted"}]))
+        .await;
+    call
+}
+
+#[tokio::test]
+async fn a_command_reaches_the_charge_point_through_any_node() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    let mut cp = a.connect("CP-1", &["ocpp1.6"]).await;
+    wait_until(STEP, || async { owner(&redis, "CP-1").await == "node-a" }).await;
+
+    // Read by B, delivered by A, answered to B's caller.
+    let command = b.command("CP-1", reset());
+    let call = accept_next(&mut cp).await;
+    assert_eq!(call[2], "Reset");
+    let (status, body) = command.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "completed", "response": {"status": "Accepted"}})
+    );
+    assert!(
+        b.sample("ocppgw_cluster_forwards_total{result=\"answered\"}")
+            .await
+            >= Some(1.0)
+    );
+
+    // B validates with the version in the registry before forwarding.
+    let (status, body) = b
+        .post(
+            "/api/v1/charge-points/CP-1/commands",
+            json!({"action": "Reset", "payload": {"type": "Sideways"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Any node describes the connection, naming its owner.
+    let (status, body) = b.get("/api/v1/connections/CP-1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["gatewayNode"], "node-a");
+    assert!(body["epoch"].as_u64().unwrap() > 0);
+    let (_, listing) = b.get("/api/v1/connections?scope=cluster").await;
+    assert_eq!(listing["total"], 1, "{listing}");
+    assert_eq!(listing["connections"][0]["chargePointId"], "CP-1");
+    assert_eq!(listing["connections"][0]["gatewayNode"], "node-a");
+    let (_, local) = b.get("/api/v1/connections").await;
+    assert_eq!(local["total"], 0, "{local}");
+
+    // Not connected anywhere.
+    let (status, body) = b.post("/api/v1/charge-points/CP-9/commands", reset()).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["status"], "notConnected");
+}
+
+#[tokio::test]
+async fn a_charge_point_that_moves_is_taken_over_and_followed() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    let mut old = a.connect("CP-1", &["ocpp1.6"]).await;
+    wait_until(STEP, || async { owner(&redis, "CP-1").await == "node-a" }).await;
+    let opened_a = a
+        .wait_for_event("CP-1", |e| {
+            e["type"].as_str().unwrap().ends_with("connection.opened")
+        })
+        .await;
+
+    let mut new = b.connect("CP-1", &["ocpp1.6"]).await;
+    // A is told and closes its connection as replaced.
+    let (_, reason) = old.closed().await;
+    assert_eq!(reason, "replaced_by_new_connection");
+    wait_until(STEP, || async { owner(&redis, "CP-1").await == "node-b" }).await;
+    assert_eq!(
+        a.sample("ocppgw_cluster_takeovers_lost_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        b.sample("ocppgw_cluster_claims_total{result=\"took_over\"}")
+            .await,
+        Some(1.0)
+    );
+
+    // A's late close does not release B's claim, and the events tell the order.
+    let closed_a = a
+        .wait_for_event("CP-1", |e| {
+            e["type"].as_str().unwrap().ends_with("connection.closed")
+        })
+        .await;
+    let opened_b = b
+        .wait_for_event("CP-1", |e| {
+            e["type"].as_str().unwrap().ends_with("connection.opened")
+        })
+        .await;
+    assert_eq!(owner(&redis, "CP-1").await, "node-b");
+    assert_eq!(closed_a["data"]["gatewayNode"], "node-a");
+    assert_eq!(closed_a["data"]["epoch"], opened_a["data"]["epoch"]);
+    assert!(opened_b["data"]["epoch"].as_u64() > closed_a["data"]["epoch"].as_u64());
+
+    // Commands read by A now go to B.
+    let command = a.command("CP-1", reset());
+    accept_next(&mut new).await;
+    let (status, body) = command.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // B's own close releases the record.
+    drop(new);
+    wait_until(STEP, || async { owner(&redis, "CP-1").await.is_empty() }).await;
+}
+
+#[tokio::test]
+async fn simultaneous_connections_to_two_nodes_leave_exactly_one() {
+    const ROUNDS: usize = 100;
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    let mut clients = Vec::new();
+    for round in 0..ROUNDS {
+        let id = format!("CP-{round}");
+        let (to_a, to_b) = tokio::join!(
+            a.connect_without_reading(&id),
+            b.connect_without_reading(&id)
+        );
+        clients.push((to_a, to_b));
+    }
+    // Exactly one session per charge point survives, on the node the registry names.
+    wait_until(Duration::from_secs(20), || async {
+        a.probe.connections() + b.probe.connections() == ROUNDS
+    })
+    .await;
+    let listed = |gw: &TestGateway| {
+        let gw_admin = gw.admin;
+        async move {
+            let body: Value =
+                reqwest::get(format!("http://{gw_admin}/api/v1/connections?limit=1000"))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            body["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["chargePointId"].as_str().unwrap().to_owned())
+                .collect::<std::collections::BTreeSet<_>>()
+        }
+    };
+    let (on_a, on_b) = (listed(&a).await, listed(&b).await);
+    assert!(on_a.is_disjoint(&on_b));
+    assert_eq!(on_a.len() + on_b.len(), ROUNDS);
+    for id in &on_a {
+        assert_eq!(owner(&redis, id).await, "node-a", "{id}");
+    }
+    for id in &on_b {
+        assert_eq!(owner(&redis, id).await, "node-b", "{id}");
+    }
+    drop(clients);
+}
+
+#[tokio::test]
+async fn a_stale_owner_can_neither_release_nor_overwrite_a_newer_claim() {
+    let redis = RedisServer::start().await;
+    let config = ClusterConfig {
+        redis_urls: vec![redis.url()],
+        internal_token: Some(TOKEN.to_owned()),
+        ..ClusterConfig::default()
+    };
+    let registry = RedisRegistry::new(&config).unwrap();
+    let claimant = |node| Claimant {
+        node,
+        incarnation: "i",
+        connected_at_ms: 0,
+        version: "ocpp1.6",
+    };
+    let Claim::Taken {
+        epoch: first,
+        previous: None,
+    } = registry.claim("CP", &claimant("a"), None).await.unwrap()
+    else {
+        panic!("first claim");
+    };
+    let Claim::Taken {
+        epoch: second,
+        previous: Some(previous),
+    } = registry.claim("CP", &claimant("b"), None).await.unwrap()
+    else {
+        panic!("second claim");
+    };
+    assert!(second > first);
+    assert_eq!((previous.node.as_str(), previous.epoch), ("a", first));
+    assert!(!registry.release("CP", "a", first).await.unwrap());
+    // A conditional claim on what A last saw changes nothing.
+    assert_eq!(
+        registry
+            .claim("CP", &claimant("a"), Some(Some(first)))
+            .await
+            .unwrap(),
+        Claim::Changed
+    );
+    assert_eq!(registry.owner("CP").await.unwrap().unwrap().node, "b");
+    assert!(registry.release("CP", "b", second).await.unwrap());
+    assert_eq!(registry.owner("CP").await.unwrap(), None);
+    // Epochs keep growing after the record is gone, and after Redis loses everything.
+    let Claim::Taken { epoch: third, .. } =
+        registry.claim("CP", &claimant("a"), None).await.unwrap()
+    else {
+        panic!("third claim");
+    };
+    assert!(third > second);
+}
+
+#[tokio::test]
+async fn redis_down_keeps_serving_and_reconciles_when_it_returns_empty() {
+    let mut redis = RedisServer::start().await;
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    let mut held = a.connect("CP-1", &["ocpp1.6"]).await;
+    wait_until(STEP, || async { owner(&redis, "CP-1").await == "node-a" }).await;
+
+    redis.kill();
+    // A keeps serving the charge point it holds, and accepts new ones.
+    let reply = held.call("m1", "Heartbeat", json!({})).await;
+    assert_eq!(reply[0], 3, "{reply}");
+    let command = a.command("CP-1", reset());
+    accept_next(&mut held).await;
+    assert_eq!(command.await.unwrap().0, 200);
+    let mut joined = a.connect("CP-2", &["ocpp1.6"]).await;
+    let reply = joined.call("m1", "Heartbeat", json!({})).await;
+    assert_eq!(reply[0], 3, "{reply}");
+    // B cannot know where CP-1 is, and says why.
+    let (status, body) = b.post("/api/v1/charge-points/CP-1/commands", reset()).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("registry is unavailable"),
+        "{body}"
+    );
+    let (_, health) = a.get("/health").await;
+    assert_eq!(
+        health["components"]["clusterRegistry"]["status"], "degraded",
+        "{health}"
+    );
+    // Readiness does not drop the fleet because Redis blinked.
+    let (ready, _) = a.get("/readyz").await;
+    assert_eq!(ready, 200);
+
+    // Redis returns with nothing: A claims both charge points again.
+    redis.restart_empty().await;
+    wait_until(Duration::from_secs(15), || async {
+        owner(&redis, "CP-1").await == "node-a" && owner(&redis, "CP-2").await == "node-a"
+    })
+    .await;
+    let command = b.command("CP-2", reset());
+    accept_next(&mut joined).await;
+    let (status, body) = command.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (_, health) = a.get("/health").await;
+    assert_eq!(
+        health["components"]["clusterRegistry"]["status"], "up",
+        "{health}"
+    );
+}
+
+#[tokio::test]
+async fn the_internal_api_refuses_callers_without_the_token() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "node-a").await;
+    let lease = redis.command(&["GET", "cpgw:node:node-a"]).await.unwrap();
+    let lease: Value = serde_json::from_str(&lease).unwrap();
+    let url = lease["url"].as_str().unwrap();
+    let client = reqwest::Client::new();
+    let refused = client
+        .post(format!("{url}/internal/v1/charge-points/CP-1/takeover"))
+        .json(&json!({"epoch": u64::MAX, "node": "intruder"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let wrong = client
+        .get(format!("{url}/internal/v1/connections"))
+        .bearer_auth("not-the-token-at-all")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let allowed = client
+        .get(format!("{url}/internal/v1/connections"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    drop(a);
+}
