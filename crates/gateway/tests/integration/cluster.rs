@@ -376,3 +376,139 @@ async fn the_internal_api_refuses_callers_without_the_token() {
     assert_eq!(allowed.status(), 200);
     drop(a);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A gateway binary in a process of its own, for what only a process can suffer.
+struct NodeProcess {
+    child: std::process::Child,
+    ocpp: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    async fn start(redis: &RedisServer, name: &str) -> NodeProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let (ocpp, admin, internal) = (free_port(), free_port(), free_port());
+        let config = format!(
+            r#"node_id = "{name}"
+[listener]
+address = "127.0.0.1:{ocpp}"
+[admin]
+address = "127.0.0.1:{admin}"
+[metrics]
+enabled = false
+[events]
+output = "none"
+[log]
+level = "warn"
+[cluster]
+redis_urls = ["{url}"]
+lease_time = "2s"
+redis_timeout = "500ms"
+internal_address = "127.0.0.1:{internal}"
+internal_token = "{TOKEN}"
+"#,
+            url = redis.url()
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_charge-point-gateway"))
+            .arg("--config")
+            .arg(&path)
+            .env_clear()
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(10), || async {
+            redis
+                .command(&["EXISTS", &format!("cpgw:node:{name}")])
+                .await
+                .is_ok_and(|reply| reply == "1")
+        })
+        .await;
+        NodeProcess {
+            child,
+            ocpp,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn records_of(redis: &RedisServer, node: &str) -> usize {
+    let script = "local n = 0 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do \
+                  if redis.call('HGET', key, 'node') == ARGV[2] then n = n + 1 end end return n";
+    redis
+        .command(&["EVAL", script, "0", "cpgw:cp:*:owner", node])
+        .await
+        .unwrap()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_killed_node_s_charge_points_move_and_the_registry_converges() {
+    const FLEET: usize = 1000;
+    let redis = RedisServer::start().await;
+    let mut a = NodeProcess::start(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    let mut fleet = Vec::with_capacity(FLEET);
+    for i in 0..FLEET {
+        let url = format!("ws://127.0.0.1:{}/ocpp/CP-{i}", a.ocpp);
+        let (cp, _) = common::connect_url(&url, &["ocpp1.6"]).await.unwrap();
+        fleet.push(cp);
+    }
+    wait_until(Duration::from_secs(20), || async {
+        records_of(&redis, "node-a").await == FLEET
+    })
+    .await;
+
+    // kill -9: no release, no lease dropped.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = tokio::time::Instant::now();
+    // Until the charge point is back, a command for it says why it cannot be delivered.
+    let (status, body) = b.post("/api/v1/charge-points/CP-0/commands", reset()).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("node-a"), "{body}");
+
+    // The fleet notices and reconnects to the surviving node.
+    for cp in &mut fleet {
+        assert!(matches!(cp.receive().await, common::Received::Closed(_)));
+    }
+    let mut moved = Vec::with_capacity(FLEET);
+    for i in 0..FLEET {
+        moved.push(b.connect(&format!("CP-{i}"), &["ocpp1.6"]).await);
+    }
+    wait_until(Duration::from_secs(30), || async {
+        records_of(&redis, "node-b").await == FLEET
+    })
+    .await;
+    let converged = killed.elapsed();
+    assert_eq!(records_of(&redis, "node-a").await, 0);
+    // A's lease runs out; it is no longer listed.
+    wait_until(Duration::from_secs(10), || async {
+        redis
+            .command(&["EXISTS", "cpgw:node:node-a"])
+            .await
+            .is_ok_and(|reply| reply == "0")
+    })
+    .await;
+    let command = b.command("CP-7", reset());
+    accept_next(&mut moved[7]).await;
+    assert_eq!(command.await.unwrap().0, 200);
+    eprintln!("{FLEET} charge points moved and the registry converged {converged:?} after the kill");
+}
