@@ -2,10 +2,10 @@
 # Installs what building and testing the gateway needs from Debian besides Rust: the
 # OpenSSL headers and pkg-config (the `openssl` crate links the system's OpenSSL for the
 # wss:// listener), the `openssl` command-line tool (the Python TLS tests make their
-# certificates with it) and `haproxy` (the PROXY protocol tests put the gateway behind
-# it) and `redis-server` (the cluster tests share a registry in it). Does nothing when they are present; otherwise installs them with apt-get (as root,
-# or through sudo; see scripts/apt-install.sh), without letting the packages start
-# services.
+# certificates with it), `haproxy` (the PROXY protocol tests put the gateway behind it)
+# and `redis-server` (the cluster tests share a registry in it). Does nothing when they
+# are present; otherwise installs them with apt-get (as root, or through sudo; see
+# scripts/apt-install.sh), without letting the packages start services.
 set -euo pipefail
 
 missing=()

@@ -510,5 +510,7 @@ async fn a_killed_node_s_charge_points_move_and_the_registry_converges() {
     let command = b.command("CP-7", reset());
     accept_next(&mut moved[7]).await;
     assert_eq!(command.await.unwrap().0, 200);
-    eprintln!("{FLEET} charge points moved and the registry converged {converged:?} after the kill");
+    eprintln!(
+        "{FLEET} charge points moved and the registry converged {converged:?} after the kill"
+    );
 }
