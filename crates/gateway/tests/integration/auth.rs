@@ -337,7 +337,7 @@ async fn an_edited_credentials_file_is_read_again_without_dropping_connections()
         .unwrap();
     assert_eq!(status, 401);
 
-    std::fs::write(file.path(), record("CP-2", 1, Some(PASSWORD))).unwrap();
+    replace_file(file.path(), record("CP-2", 1, Some(PASSWORD)));
     gw.wait_for_series("ocppgw_credential_reloads_total{result=\"ok\"}", 1.0)
         .await;
     gw.connect_basic("CP-2", "CP-2", PASSWORD)
@@ -348,13 +348,22 @@ async fn an_edited_credentials_file_is_read_again_without_dropping_connections()
     assert_eq!(reply[0], 3, "{reply}");
 
     // A broken file keeps the records in force, and says so in a metric.
-    std::fs::write(file.path(), "{broken\n").unwrap();
+    replace_file(file.path(), "{broken\n".to_owned());
     gw.wait_for_series("ocppgw_credential_reloads_total{result=\"error\"}", 1.0)
         .await;
     gw.connect_basic("CP-2", "CP-2", PASSWORD)
         .await
         .expect("still accepted");
     assert_eq!(gw.sample("ocppgw_credential_records").await, Some(1.0));
+}
+
+/// Replaces the file's content the way editors and deploy tools do: written beside it,
+/// then renamed over it. A plain write truncates first, and a reload that reads the
+/// empty file in between would take it for a file without records.
+fn replace_file(path: &std::path::Path, content: String) {
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, content).unwrap();
+    std::fs::rename(&staging, path).unwrap();
 }
 
 /// The charge point's side of a rotation: reads the CALL, answers `status`, and returns
