@@ -8,6 +8,7 @@
 mod auth;
 mod auth_properties;
 mod cluster;
+mod cluster_churn;
 mod commands;
 mod handshake;
 mod handshake_properties;
