@@ -94,6 +94,12 @@ bash scripts/check-deploy.sh
 
 section "[6/7] Python tests: pytest tests/interop tests/observability (GATEWAY_BIN=$GATEWAY_BIN)"
 GATEWAY_BIN="$GATEWAY_BIN" "$VENV/bin/python" -m pytest -q tests/interop tests/observability
+# The OCPP suites again through HAProxy (deploy/haproxy/haproxy.cfg) in front of a
+# three-node cluster sharing a redis-server: any node takes any charge point, and commands
+# are sent through one node whichever holds the charge point.
+echo "the OCPP interop suites through HAProxy in front of a three-node cluster"
+INTEROP_CLUSTER=1 GATEWAY_BIN="$GATEWAY_BIN" "$VENV/bin/python" -m pytest -q \
+    tests/interop/test_ocpp16.py tests/interop/test_ocpp2x.py
 
 section "[7/7] benchmark smoke run: bench/run.sh --quick --debug --check"
 # The whole benchmark at small sizes with debug builds: every server starts, every load

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -19,6 +20,7 @@ import uuid
 import pytest
 import websockets
 
+from support.cluster import ClusterUnderTest
 from support.gateway import Gateway, gateway_binary
 
 SHUTDOWN_TIMEOUT_S = 20.0
@@ -38,7 +40,12 @@ _RUNNING: Gateway | None = None
 
 @pytest.fixture(scope="session")
 def gateway():
-    gw = Gateway(gateway_binary())
+    # INTEROP_CLUSTER=1: three nodes sharing a registry in Redis, behind HAProxy running
+    # deploy/haproxy/haproxy.cfg (scripts/test.sh runs the OCPP suites both ways).
+    if os.environ.get("INTEROP_CLUSTER") == "1":
+        gw = ClusterUnderTest()
+    else:
+        gw = Gateway(gateway_binary())
     gw.start()
     global _RUNNING
     _RUNNING = gw
@@ -96,19 +103,21 @@ class AdminClient:
     deadlock the test.
     """
 
-    def __init__(self, addr: str):
+    def __init__(self, addr: str, event_addrs: list[str] | None = None):
         self.base = f"http://{addr}"
+        # Recent events are kept per node: in a cluster they are read from every node.
+        self.event_bases = [f"http://{a}" for a in (event_addrs or [addr])]
         # Never route loopback traffic through a proxy from the environment.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def _request(self, method: str, path: str, body=None):
+    def _request(self, method: str, path: str, body=None, base: str | None = None):
         data = None
         headers = {"Accept": "application/json"}
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(
-            self.base + path, data=data, method=method, headers=headers
+            (base or self.base) + path, data=data, method=method, headers=headers
         )
         try:
             with self._opener.open(req, timeout=STEP_TIMEOUT_S) as resp:
@@ -155,14 +164,20 @@ class AdminClient:
         return body
 
     async def events(self, cp_id: str, limit: int = 100) -> list[dict]:
-        status, body, text = await self.get(
-            "/api/v1/events", {"chargePointId": cp_id, "limit": limit}
-        )
-        assert status == 200, f"GET /api/v1/events -> HTTP {status}: {text}"
-        assert isinstance(body, dict) and isinstance(body.get("events"), list), (
-            f"GET /api/v1/events: expected {{'events': [...]}}, got: {text}"
-        )
-        return body["events"]
+        path = f"/api/v1/events?{urllib.parse.urlencode({'chargePointId': cp_id, 'limit': limit})}"
+        events = []
+        for base in self.event_bases:
+            status, body, text = await asyncio.wait_for(
+                asyncio.to_thread(self._request, "GET", path, None, base), STEP_TIMEOUT_S + 5
+            )
+            assert status == 200, f"GET {base}/api/v1/events -> HTTP {status}: {text}"
+            assert isinstance(body, dict) and isinstance(body.get("events"), list), (
+                f"GET /api/v1/events: expected {{'events': [...]}}, got: {text}"
+            )
+            events.extend(body["events"])
+        # Oldest first, as one node's ring answers (RFC 3339 times in UTC sort as text).
+        events.sort(key=lambda event: event.get("time", ""))
+        return events[-limit:]
 
     async def wait_for_events(self, cp_id: str, predicate, timeout_s=5.0):
         """Events for cp_id, re-read until predicate(events) holds or timeout.
@@ -185,7 +200,7 @@ class AdminClient:
 
 @pytest.fixture
 def admin(gateway) -> AdminClient:
-    return AdminClient(gateway.admin_addr)
+    return AdminClient(gateway.admin_addr, getattr(gateway, "admin_addrs", None))
 
 
 class RecordingConnection:
