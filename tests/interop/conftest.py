@@ -51,6 +51,9 @@ def gateway():
     _RUNNING = gw
     try:
         yield gw
+        if isinstance(gw, ClusterUnderTest):
+            # The run means something only if commands crossed nodes.
+            assert gw.forwarded() > 0, "no command was forwarded between the nodes"
     finally:
         _RUNNING = None
         code = gw.stop(SHUTDOWN_TIMEOUT_S)

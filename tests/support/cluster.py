@@ -14,6 +14,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from support.charge_points import metric
 from support.gateway import Gateway, gateway_binary
 from support.process import Process, free_port, wait_until
 
@@ -103,6 +104,11 @@ class ClusterUnderTest:
             for n, node in enumerate(self.nodes, 1)
             if (text := node.log_lines_matching(needle, last))
         )
+
+    def forwarded(self) -> float:
+        """Commands the first node forwarded to another node and got an answer for."""
+        series = 'ocppgw_cluster_forwards_total{result="answered"}'
+        return metric(self.nodes[0], series)
 
     def stop(self, timeout_s: float) -> int | None:
         """Stops HAProxy, then every node gracefully (the first failing code, or None when
