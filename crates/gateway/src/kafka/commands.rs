@@ -185,6 +185,13 @@ struct PartitionOffsets {
 impl OffsetTracker {
     fn start(&mut self, partition: i32, offset: i64) {
         let p = self.partitions.entry(partition).or_default();
+        if offset < p.next {
+            // Read again from an earlier offset: the partition was revoked and assigned
+            // back, and another member may have committed less. What this consumer read
+            // before must not move the commit past records it has not read this time.
+            p.next = offset;
+            p.committed = p.committed.min(offset);
+        }
         p.in_flight.insert(offset);
         p.next = p.next.max(offset + 1);
     }
@@ -351,7 +358,13 @@ async fn run_once(
                 }
                 // Committed under the lock: two tasks must not commit out of order.
                 let mut tracker = offsets.lock();
-                if let Some(position) = tracker.finish(partition, offset) {
+                // Only for a partition still assigned here: after a rebalance its new
+                // owner commits, and a stale position from here could skip records the
+                // new owner has not finished.
+                let assigned = consumer
+                    .assignment()
+                    .is_ok_and(|list| list.find_partition(&topic, partition).is_some());
+                if let Some(position) = tracker.finish(partition, offset).filter(|_| assigned) {
                     let mut commit = TopicPartitionList::new();
                     if commit
                         .add_partition_offset(&topic, partition, Offset::Offset(position))
@@ -589,6 +602,21 @@ mod tests {
         assert_eq!(tracker.finish(0, 10), Some(13));
         tracker.start(1, 0);
         assert_eq!(tracker.finish(1, 0), Some(1));
+    }
+
+    #[test]
+    fn a_partition_read_again_from_earlier_does_not_commit_what_is_not_read() {
+        let mut tracker = OffsetTracker::default();
+        for offset in 100..141 {
+            tracker.start(0, offset);
+            tracker.finish(0, offset);
+        }
+        // Assigned back at 131 (another member committed there): finishing 131 commits
+        // 132, not the 141 this consumer reached before.
+        tracker.start(0, 131);
+        assert_eq!(tracker.finish(0, 131), Some(132));
+        tracker.start(0, 132);
+        assert_eq!(tracker.finish(0, 132), Some(133));
     }
 
     #[tokio::test(start_paused = true)]

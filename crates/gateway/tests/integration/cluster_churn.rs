@@ -60,7 +60,10 @@ async fn start_node(redis: &RedisServer, broker: &Broker, name: &str) -> TestGat
         if status == 200 && assigned {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{name} never ready: {health}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never ready: {health}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     gw
@@ -92,35 +95,67 @@ impl Live {
 
 /// One charge point: connects to a node, answers every CALL (counting the command id it
 /// carries), and after a while reconnects to the next node, until `stop`.
-async fn flap(index: usize, live: Arc<Live>, received: Arc<Mutex<HashMap<String, usize>>>, stop: Arc<AtomicBool>) {
+async fn flap(
+    index: usize,
+    live: Arc<Live>,
+    received: Arc<Mutex<HashMap<String, usize>>>,
+    stop: Arc<AtomicBool>,
+) {
     let id = format!("CP-{index}");
     let mut round = index;
     while !stop.load(Ordering::Relaxed) {
         round += 1;
         let address = Live::pick(&live.ocpp, round);
-        let url = format!("ws://{address}/ocpp/{id}");
-        let Ok((mut cp, _)) = common::connect_url(&url, &["ocpp1.6"]).await else {
+        // A node that is stopping refuses or resets: the charge point tries the next one.
+        let Some(mut ws) = connect(address, &id).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let stay = Duration::from_millis(150 + (round * 37 % 300) as u64);
         let until = tokio::time::Instant::now() + stay;
         loop {
-            let next = tokio::time::timeout_at(until, cp.ws.next()).await;
+            let next = tokio::time::timeout_at(until, ws.next()).await;
             let Ok(Some(Ok(message))) = next else { break };
-            let Message::Text(text) = message else { continue };
-            let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
+                continue;
+            };
             if frame[0] != 2 {
                 continue;
             }
             let command = frame[3]["data"].as_str().unwrap_or_default().to_owned();
             *received.lock().entry(command).or_default() += 1;
             let reply = json!([3, frame[1], {"status": "Accepted"}]).to_string();
-            if cp.ws.send(Message::text(reply)).await.is_err() {
+            if ws.send(Message::text(reply)).await.is_err() {
                 break;
             }
         }
-        let _ = cp.ws.close(None).await;
+        let _ = ws.close(None).await;
     }
+}
+
+/// A 1.6 charge point's WebSocket to `address`, or `None` when the node refuses it.
+async fn connect(
+    address: SocketAddr,
+    id: &str,
+) -> Option<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{address}/ocpp/{id}")
+        .into_client_request()
+        .ok()?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "ocpp1.6".parse().ok()?);
+    let connected = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await;
+    connected.ok()?.ok().map(|(ws, _)| ws)
 }
 
 fn data_transfer(command: &str) -> Value {
@@ -189,7 +224,8 @@ async fn every_command_has_one_result_and_reaches_its_charge_point_once_under_ch
     let statuses = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
     let sent = Arc::new(AtomicUsize::new(0));
     let admin = {
-        let (live, statuses, sent, http) = (live.clone(), statuses.clone(), sent.clone(), http.clone());
+        let (live, statuses, sent, http) =
+            (live.clone(), statuses.clone(), sent.clone(), http.clone());
         tokio::spawn(async move {
             let mut requests = futures_util::stream::iter(0..ADMIN_COMMANDS)
                 .map(|i| {
@@ -233,21 +269,31 @@ async fn every_command_has_one_result_and_reaches_its_charge_point_once_under_ch
         .expect("two thirds of the admin commands sent");
     let d = start_node(&redis, &broker, "node-d").await;
     live.add(&d);
-    tokio::time::timeout(Duration::from_secs(180), admin).await.expect("admin commands done").unwrap();
-    tokio::time::timeout(Duration::from_secs(60), kafka).await.expect("kafka commands produced").unwrap();
+    tokio::time::timeout(Duration::from_secs(180), admin)
+        .await
+        .expect("admin commands done")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), kafka)
+        .await
+        .expect("kafka commands produced")
+        .unwrap();
 
     // Every Kafka command has exactly one result.
     // Read until every command has a result, or the time is up (then the asserts below
     // name what is missing).
     let give_up = std::time::Instant::now() + Duration::from_secs(120);
     let results = broker
-        .read_until_within("ocpp.command-results", Duration::from_secs(150), |records| {
-            let ids: std::collections::HashSet<&str> = records
-                .iter()
-                .filter_map(|r| r.value["data"]["commandId"].as_str())
-                .collect();
-            ids.len() >= KAFKA_COMMANDS || std::time::Instant::now() > give_up
-        })
+        .read_until_within(
+            "ocpp.command-results",
+            Duration::from_secs(150),
+            |records| {
+                let ids: std::collections::HashSet<&str> = records
+                    .iter()
+                    .filter_map(|r| r.value["data"]["commandId"].as_str())
+                    .collect();
+                ids.len() >= KAFKA_COMMANDS || std::time::Instant::now() > give_up
+            },
+        )
         .await;
     stop.store(true, Ordering::Relaxed);
     for cp in fleet {
@@ -275,7 +321,10 @@ async fn every_command_has_one_result_and_reaches_its_charge_point_once_under_ch
     assert!(repeated.is_empty(), "commands received twice: {repeated:?}");
     for (id, statuses) in &per_command {
         if statuses[0] == "completed" {
-            assert!(received.contains_key(id), "{id} completed but never received");
+            assert!(
+                received.contains_key(id),
+                "{id} completed but never received"
+            );
         }
     }
     let statuses = statuses.lock();
@@ -284,8 +333,14 @@ async fn every_command_has_one_result_and_reaches_its_charge_point_once_under_ch
     for statuses in per_command.values() {
         *kafka_statuses.entry(statuses[0].as_str()).or_default() += 1;
     }
-    assert!(statuses.get("completed").copied().unwrap_or(0) > ADMIN_COMMANDS / 10, "{statuses:?}");
-    assert!(kafka_statuses.get("completed").copied().unwrap_or(0) > KAFKA_COMMANDS / 10, "{kafka_statuses:?}");
+    assert!(
+        statuses.get("completed").copied().unwrap_or(0) > ADMIN_COMMANDS / 10,
+        "{statuses:?}"
+    );
+    assert!(
+        kafka_statuses.get("completed").copied().unwrap_or(0) > KAFKA_COMMANDS / 10,
+        "{kafka_statuses:?}"
+    );
     eprintln!(
         "admin: {statuses:?}; kafka: {kafka_statuses:?}; commands received by charge points: {}",
         received.len()
