@@ -210,6 +210,14 @@ impl Config {
         self.auth.validate()?;
         self.tls.validate()?;
         self.cluster.validate()?;
+        if self.auth.credentials_store == crate::auth::CredentialsStore::Redis
+            && !self.cluster.enabled()
+        {
+            return invalid(
+                "auth.credentials_store",
+                "\"redis\" needs cluster.redis_urls",
+            );
+        }
         if self.tls.proxy_protocol && self.listener.trusted_proxies.is_empty() {
             return Err(ConfigError::Invalid {
                 option: "listener.trusted_proxies",

@@ -13,9 +13,13 @@ use crate::{
     admin::{self, AdminState},
     auth::{
         metrics::AuthMetrics, store::FileStore, Authenticator, CertificatePolicy, CredentialStore,
+        CredentialsStore,
     },
     backend::{Commander, ReplyRouter},
-    cluster::{internal::InternalState, Cluster, ClusterError, ClusterMetrics},
+    cluster::{
+        credential_store::RedisCredentialStore, internal::InternalState, Cluster, ClusterError,
+        ClusterMetrics,
+    },
     config::{Config, EventOutput},
     health::{Health, Lifecycle},
     http_server::{self, HttpLimits, HttpMetrics},
@@ -65,7 +69,7 @@ pub struct Gateway {
     admin_listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     ocpp_sockets: SocketBudget,
-    credentials: Option<Arc<FileStore>>,
+    credentials: Option<Credentials>,
     auth_metrics: AuthMetrics,
     tls: Option<(Arc<TlsServer>, TcpListener)>,
     admin_tls: Option<Arc<TlsServer>>,
@@ -103,6 +107,21 @@ pub enum StartError {
     /// The cluster registry's client rejected its configuration.
     #[error("cannot set up the cluster: {0}")]
     Cluster(#[from] ClusterError),
+}
+
+/// Where the credential records are, chosen by `auth.credentials_store`.
+enum Credentials {
+    File(Arc<FileStore>),
+    Redis(Arc<RedisCredentialStore>),
+}
+
+impl Credentials {
+    fn store(&self) -> Arc<dyn CredentialStore> {
+        match self {
+            Credentials::File(store) => store.clone(),
+            Credentials::Redis(store) => store.clone(),
+        }
+    }
 }
 
 /// Where events go, chosen by the configuration.
@@ -223,17 +242,19 @@ impl Gateway {
             debug_traces: debug_traces.clone(),
         });
         let auth_metrics = AuthMetrics::register(&mut registry);
-        let credentials = match &config.auth.credentials_file {
-            Some(path) => Some(Arc::new(FileStore::open(
-                path,
-                config.listener.max_charge_point_id_length,
-            )?)),
+        let max_id_length = config.listener.max_charge_point_id_length;
+        let file = match &config.auth.credentials_file {
+            Some(path) => Some(Arc::new(FileStore::open(path, max_id_length)?)),
             None => None,
         };
+        let credentials = match config.auth.credentials_store {
+            CredentialsStore::File => file.map(Credentials::File),
+            CredentialsStore::Redis => Some(Credentials::Redis(Arc::new(
+                RedisCredentialStore::open(&config.cluster, max_id_length, file.as_deref()).await?,
+            ))),
+        };
         let auth = Arc::new(Authenticator::new(
-            credentials
-                .clone()
-                .map(|store| store as Arc<dyn CredentialStore>),
+            credentials.as_ref().map(Credentials::store),
             config.auth.clone(),
             CertificatePolicy {
                 binding: config.tls.client_certificate_binding,
@@ -547,11 +568,20 @@ impl Gateway {
             stop_accepting.clone(),
         ));
         match credentials {
-            Some(store) => {
+            Some(Credentials::File(store)) => {
                 auth_metrics.records(store.len());
                 info!(file = %store.path().display(), records = store.len(), "charge point credentials loaded");
                 background.spawn(crate::auth::reload::watch(
                     store,
+                    config.auth.reload_interval,
+                    auth_metrics,
+                    stop_http.clone(),
+                ));
+            }
+            Some(Credentials::Redis(store)) => {
+                auth_metrics.records(store.len());
+                info!(records = store.len(), "charge point credentials loaded from Redis");
+                background.spawn(store.watch(
                     config.auth.reload_interval,
                     auth_metrics,
                     stop_http.clone(),

@@ -16,6 +16,17 @@ pub enum UnknownChargePoints {
     Unsecured,
 }
 
+/// Where credential records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialsStore {
+    /// `auth.credentials_file`, per node.
+    File,
+    /// Redis (`cluster.redis_urls`), shared by the nodes of a cluster; a
+    /// `credentials_file`, when set, is imported into it at start.
+    Redis,
+}
+
 /// The `[auth]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +34,9 @@ pub struct AuthConfig {
     /// The credentials file (JSON lines, see docs/security.md). Unset: no charge point is
     /// authenticated (every one is profile 0), and the gateway says so at start.
     pub credentials_file: Option<PathBuf>,
+    /// Where the records live: `file` (the default) or `redis` (shared by a cluster;
+    /// needs `cluster.redis_urls`).
+    pub credentials_store: CredentialsStore,
     /// What an id without a record gets: `refuse` (the default) or `unsecured`.
     pub unknown_charge_points: UnknownChargePoints,
     /// How often the credentials file is checked for changes made by others (it is also
@@ -59,6 +73,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             credentials_file: None,
+            credentials_store: CredentialsStore::File,
             unknown_charge_points: UnknownChargePoints::Refuse,
             reload_interval: Duration::from_secs(5),
             max_concurrent_verifications: std::thread::available_parallelism()

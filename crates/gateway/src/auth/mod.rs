@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use self::config::{AuthConfig, UnknownChargePoints};
+pub use self::config::{AuthConfig, CredentialsStore, UnknownChargePoints};
 pub use self::store::{CredentialRecord, CredentialStore};
 pub use crate::labels::{AuthResult, SecurityProfile};
 

@@ -56,6 +56,20 @@ struct Line {
     deleted: bool,
 }
 
+/// A record as one JSON line (the file's format; also how the Redis store keeps it).
+pub fn record_to_json(record: &CredentialRecord) -> String {
+    serde_json::to_string(&FileRecords::line_of(&record.id, Some(record))).unwrap_or_default()
+}
+
+/// The record one JSON line holds, checked (`None`: the line deletes the id's record).
+pub fn record_from_json(
+    text: &str,
+    max_id_length: usize,
+) -> Result<(String, Option<CredentialRecord>), String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    record_of(line, max_id_length)
+}
+
 /// Why a record cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -77,6 +91,9 @@ pub enum StoreError {
         /// The error.
         source: io::Error,
     },
+    /// The shared store (Redis) did not answer, or holds something unusable.
+    #[error("credential store in Redis: {0}")]
+    Shared(String),
 }
 
 /// What [`CredentialStore::update`] does with the record it was shown.
@@ -182,6 +199,11 @@ impl FileStore {
     pub fn reload(&self) -> Result<bool, StoreError> {
         self.0.reload()
     }
+
+    /// Every record (for an import into another store).
+    pub fn records(&self) -> Vec<Arc<CredentialRecord>> {
+        self.0.records.read().values().cloned().collect()
+    }
 }
 
 impl FileRecords {
@@ -231,39 +253,48 @@ impl FileRecords {
     }
 
     fn record_of(&self, line: Line) -> Result<(String, Option<CredentialRecord>), String> {
-        crate::handshake::check_charge_point_id(&line.id, self.max_id_length)
-            .map_err(|e| format!("id {:?}: {e}", line.id))?;
-        if line.deleted {
-            return Ok((line.id, None));
-        }
-        let profile = line.profile.ok_or("no `profile`").and_then(|p| {
-            SecurityProfile::try_from(p).map_err(|_| "`profile` must be 0, 1, 2 or 3")
-        })?;
-        let hash = |phc: Option<String>, field: &str| {
-            phc.map(|phc| PasswordHashString::parse(&phc).map_err(|e| format!("`{field}`: {e}")))
-                .transpose()
-        };
-        let password = hash(line.password_hash, "password_hash")?;
-        let previous = hash(line.previous_password_hash, "previous_password_hash")?;
-        let previous_password = match (previous, line.previous_valid_until) {
-            (Some(hash), Some(until)) => Some((hash, until)),
-            (None, None) => None,
-            _ => {
-                return Err(
-                    "`previous_password_hash` and `previous_valid_until` come together".into(),
-                )
-            }
-        };
-        let record = CredentialRecord {
-            id: line.id,
-            profile,
-            password,
-            previous_password,
-        };
-        record.check()?;
-        Ok((record.id.clone(), Some(record)))
+        record_of(line, self.max_id_length)
     }
+}
 
+/// The record a line stands for (`None`: a tombstone), checked.
+fn record_of(
+    line: Line,
+    max_id_length: usize,
+) -> Result<(String, Option<CredentialRecord>), String> {
+    crate::handshake::check_charge_point_id(&line.id, max_id_length)
+        .map_err(|e| format!("id {:?}: {e}", line.id))?;
+    if line.deleted {
+        return Ok((line.id, None));
+    }
+    let profile = line
+        .profile
+        .ok_or("no `profile`")
+        .and_then(|p| SecurityProfile::try_from(p).map_err(|_| "`profile` must be 0, 1, 2 or 3"))?;
+    let hash = |phc: Option<String>, field: &str| {
+        phc.map(|phc| PasswordHashString::parse(&phc).map_err(|e| format!("`{field}`: {e}")))
+            .transpose()
+    };
+    let password = hash(line.password_hash, "password_hash")?;
+    let previous = hash(line.previous_password_hash, "previous_password_hash")?;
+    let previous_password = match (previous, line.previous_valid_until) {
+        (Some(hash), Some(until)) => Some((hash, until)),
+        (None, None) => None,
+        _ => {
+            return Err("`previous_password_hash` and `previous_valid_until` come together".into())
+        }
+    };
+    let record = CredentialRecord {
+        id: line.id,
+        profile,
+        password,
+        previous_password,
+    };
+    record.check()?;
+    Ok((record.id.clone(), Some(record)))
+}
+
+impl FileRecords {
     fn line_of(id: &str, record: Option<&CredentialRecord>) -> Line {
         match record {
             Some(record) => Line {

@@ -17,6 +17,7 @@
 //!   registry's epoch delivers it.
 
 pub mod config;
+pub mod credential_store;
 pub mod internal;
 pub mod metrics;
 pub mod redis_registry;

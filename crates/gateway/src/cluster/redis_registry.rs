@@ -14,6 +14,9 @@
 //! - `P:nodes`, a set of node ids ever seen (dead ones are dropped when listed).
 //! - `P:command:ID`, a Kafka command id being sent (`pending NODE INCARNATION`) or
 //!   answered (`done`), with a TTL.
+//! - `P:{credentials}`, a hash of charge point id → credential record (one JSON line, as
+//!   in the credentials file), and `P:{credentials}:version`, a counter every change
+//!   increments, for the credential store shared by the nodes.
 //!
 //! Every write to a record is compare-and-set on (node, epoch) in a script: a stale owner
 //! can neither delete nor overwrite a newer claim.
@@ -56,6 +59,22 @@ if current[1] == ARGV[1] and current[2] == ARGV[2] then
   return 1
 end
 return 0
+"#;
+
+/// Replaces one credential record only while it is still what the caller read (ARGV[1],
+/// empty for none), writing ARGV[2] (empty: delete), and counts the change.
+const SET_CREDENTIAL: &str = r#"
+local current = redis.call('HGET', KEYS[1], ARGV[3]) or ''
+if current ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[3])
+else
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[2])
+end
+redis.call('INCR', KEYS[2])
+return 1
 "#;
 
 /// How long an epoch counter outlives its last claim (after that, Redis TIME alone keeps
@@ -198,6 +217,7 @@ pub struct RedisRegistry {
     lease_time: Duration,
     claim: Script,
     release: Script,
+    set_credential: Script,
 }
 
 impl RedisRegistry {
@@ -234,6 +254,7 @@ impl RedisRegistry {
             lease_time: config.lease_time,
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            set_credential: Script::new(SET_CREDENTIAL),
         })
     }
 
@@ -574,6 +595,81 @@ impl RedisRegistry {
         })
         .await?;
         Ok(())
+    }
+}
+
+impl RedisRegistry {
+    fn credentials_key(&self) -> String {
+        format!("{}:{{credentials}}", self.prefix)
+    }
+
+    fn credentials_version_key(&self) -> String {
+        format!("{}:{{credentials}}:version", self.prefix)
+    }
+
+    /// The version of the shared credentials (0 before the first change).
+    pub async fn credentials_version(&self) -> Result<u64, RegistryError> {
+        let version: Option<u64> = self
+            .run(|mut connection| async move {
+                redis::cmd("GET")
+                    .arg(self.credentials_version_key())
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// Every credential record (id → JSON line) and the version they are at.
+    pub async fn credentials(&self) -> Result<(u64, Vec<(String, String)>), RegistryError> {
+        let (version, records): (Option<u64>, Vec<(String, String)>) = self
+            .run(|mut connection| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("GET")
+                    .arg(self.credentials_version_key())
+                    .cmd("HGETALL")
+                    .arg(self.credentials_key())
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok((version.unwrap_or(0), records))
+    }
+
+    /// One credential record's JSON line, as Redis has it now.
+    pub async fn credential(&self, id: &str) -> Result<Option<String>, RegistryError> {
+        self.run(|mut connection| async move {
+            redis::cmd("HGET")
+                .arg(self.credentials_key())
+                .arg(id)
+                .query_async(&mut connection)
+                .await
+        })
+        .await
+    }
+
+    /// Writes (`Some`) or deletes (`None`) the record of `id` if it is still `expected`;
+    /// `false` when someone changed it in between.
+    pub async fn set_credential(
+        &self,
+        id: &str,
+        expected: Option<&str>,
+        record: Option<&str>,
+    ) -> Result<bool, RegistryError> {
+        let changed: i64 = self
+            .run(|mut connection| async move {
+                self.set_credential
+                    .key(self.credentials_key())
+                    .key(self.credentials_version_key())
+                    .arg(expected.unwrap_or_default())
+                    .arg(record.unwrap_or_default())
+                    .arg(id)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(changed == 1)
     }
 }
 

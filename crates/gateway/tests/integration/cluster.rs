@@ -514,3 +514,73 @@ async fn a_killed_node_s_charge_points_move_and_the_registry_converges() {
         "{FLEET} charge points moved and the registry converged {converged:?} after the kill"
     );
 }
+
+#[tokio::test]
+async fn credentials_in_redis_are_shared_by_the_nodes() {
+    use charge_point_gateway::auth::CredentialsStore;
+    let redis = RedisServer::start().await;
+    // A file with one record, imported into Redis by the first node.
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let hash =
+        charge_point_gateway::auth::password::PasswordHashString::hash(b"imported-password-123")
+            .unwrap();
+    use std::io::Write;
+    writeln!(
+        file,
+        "{}",
+        json!({"id": "CP-FILE", "profile": 1, "password_hash": hash.as_str()})
+    )
+    .unwrap();
+    let shared = |name: &str, import: bool| {
+        let base = cluster_config(&redis, name);
+        let path = file.path().to_owned();
+        move |config: &mut Config| {
+            base(config);
+            config.auth.credentials_store = CredentialsStore::Redis;
+            config.auth.reload_interval = Duration::from_millis(100);
+            if import {
+                config.auth.credentials_file = Some(path);
+            }
+        }
+    };
+    let a = TestGateway::start_with(shared("node-a", true)).await;
+    let b = TestGateway::start_with(shared("node-b", false)).await;
+    // B never read the file: the record came through Redis.
+    b.connect_basic("CP-FILE", "CP-FILE", b"imported-password-123")
+        .await
+        .expect("imported record accepted on the other node");
+
+    // A record set through A's admin API authenticates on B once B reads it.
+    let (status, reply) = a
+        .admin_request(
+            reqwest::Method::PUT,
+            "/api/v1/charge-points/CP-NEW/credentials",
+            Some(json!({"profile": 1, "password": "correct-horse-battery"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    b.wait_for_series("ocppgw_credential_records", 2.0).await;
+    b.connect_basic("CP-NEW", "CP-NEW", b"correct-horse-battery")
+        .await
+        .expect("accepted on the other node");
+
+    // Deleted on B: refused on A.
+    let (status, _) = b
+        .admin_request(
+            reqwest::Method::DELETE,
+            "/api/v1/charge-points/CP-NEW/credentials",
+            None,
+        )
+        .await;
+    assert!(status == 200 || status == 204, "{status}");
+    wait_until(STEP, || async {
+        a.sample("ocppgw_credential_records").await == Some(1.0)
+    })
+    .await;
+    let refused = a
+        .connect_basic("CP-NEW", "CP-NEW", b"correct-horse-battery")
+        .await
+        .err()
+        .map(|(status, _)| status.as_u16());
+    assert_eq!(refused, Some(401));
+}
