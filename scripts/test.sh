@@ -15,7 +15,7 @@ cd "$ROOT"
 
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
-REQUIREMENTS=(tests/interop/requirements.txt tests/observability/requirements.txt)
+REQUIREMENTS=(tests/interop/requirements.txt tests/observability/requirements.txt tests/deploy/requirements.txt)
 STAMP="$VENV/.requirements.sha"
 
 section() {
@@ -93,7 +93,7 @@ section "[5/7] deploy checks: scripts/check-deploy.sh (Prometheus rules and Graf
 bash scripts/check-deploy.sh
 
 section "[6/7] Python tests: pytest tests/interop tests/observability (GATEWAY_BIN=$GATEWAY_BIN)"
-GATEWAY_BIN="$GATEWAY_BIN" "$VENV/bin/python" -m pytest -q tests/interop tests/observability
+GATEWAY_BIN="$GATEWAY_BIN" "$VENV/bin/python" -m pytest -q tests/interop tests/observability tests/deploy
 # The OCPP suites again through HAProxy (deploy/haproxy/haproxy.cfg) in front of a
 # three-node cluster sharing a redis-server: any node takes any charge point, and commands
 # are sent through one node whichever holds the charge point.

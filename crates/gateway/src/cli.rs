@@ -14,7 +14,7 @@ use crate::{sink::config::EventOutput, telemetry::LogFormat};
 #[command(name = "charge-point-gateway", version, about)]
 pub struct Cli {
     /// TOML configuration file.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// OCPP WebSocket listener address (listener.address).
     #[arg(long, value_name = "ADDR")]
@@ -60,6 +60,10 @@ pub enum Command {
         #[arg(long, default_value_t = crate::auth::password::DEFAULT_PASSES)]
         passes: u32,
     },
+    /// Reads the configuration (file, environment, flags) as the gateway would, prints
+    /// it as TOML with every default filled in, and exits: 0 when it is valid, 2 with
+    /// the offending option otherwise. Nothing is bound or opened.
+    CheckConfig,
 }
 
 /// `--events` values.

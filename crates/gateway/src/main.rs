@@ -29,6 +29,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::CheckConfig) = cli.command {
+        return check_config(&config);
+    }
     let _telemetry = telemetry::init_logging(&config.log);
     let gateway = match Gateway::bind(config).await {
         Ok(gateway) => gateway,
@@ -68,6 +71,29 @@ fn hash_password(memory_kib: u32, passes: u32) -> ExitCode {
         }
         Err(e) => {
             eprintln!("charge-point-gateway: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `check-config`: the configuration the gateway would run with, secrets left out.
+fn check_config(config: &Config) -> ExitCode {
+    let mut shown = config.clone();
+    let hidden = || Some("(set)".to_owned());
+    if shown.admin.api_token.is_some() {
+        shown.admin.api_token = hidden();
+    }
+    if shown.cluster.internal_token.is_some() {
+        shown.cluster.internal_token = hidden();
+    }
+    match toml::to_string(&shown) {
+        Ok(text) => {
+            println!("{text}");
+            eprintln!("charge-point-gateway: the configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("charge-point-gateway: cannot show the configuration: {e}");
             ExitCode::from(1)
         }
     }
