@@ -15,6 +15,7 @@ EXPECTED_ALERTS = {
     "RefusedConnectionSpike",
     "AuthFailureSpike",
     "TlsCertificateExpiringSoon",
+    "ClusterRegistryDown",
     "KafkaProduceFailures",
     "KafkaProducerQueueHigh",
     "KafkaBrokerDown",
