@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md: builds the gateway, the simulator and the echo server, installs
 # the peer servers (npm ocpp-rpc, Python ocpp) and the Kafka-protocol broker (tansu), then
-# runs bench/bench.py, which prints the report and writes it to BENCHMARKS.md.
+# runs bench/bench.py, which prints the report and writes it to BENCHMARKS.md, and
+# bench/cluster.py (several nodes sharing a redis-server), which appends its section.
 #
 #   bench/run.sh                 the full run (about 15 minutes on 2 cores, after building)
 #   bench/run.sh --quick         a smoke run with small sizes, written to target/bench-quick.md
@@ -14,18 +15,25 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 profile=release
 quick=false
+check=false
+output=""
 pass=()
+expect_output=false
 for arg in "$@"; do
+  if $expect_output; then output="$arg"; expect_output=false; continue; fi
   case "$arg" in
     --debug) profile=debug ;;
     --quick) quick=true; pass+=("$arg") ;;
+    --check) check=true; pass+=("$arg") ;;
+    --output) expect_output=true ;;
+    --output=*) output="${arg#--output=}" ;;
     *) pass+=("$arg") ;;
   esac
 done
 # Where cargo puts what it builds: CARGO_TARGET_DIR when set, like cargo itself.
 target_dir="${CARGO_TARGET_DIR:-target}"
-if $quick && [[ " ${pass[*]} " != *" --output"* ]]; then
-  pass+=(--output "$target_dir/bench-quick.md")
+if [[ -z "$output" ]]; then
+  if $quick; then output="$target_dir/bench-quick.md"; else output="BENCHMARKS.md"; fi
 fi
 
 step() { printf '\n== %s\n' "$*" >&2; }
@@ -57,4 +65,10 @@ if ! cmp -s "$requirements" "$venv/.requirements" 2>/dev/null; then
 fi
 
 step "running the benchmark"
-exec python3 bench/bench.py --bin-dir "$target_dir/$profile" --python "$venv/bin/python" "${pass[@]}"
+python3 bench/bench.py --bin-dir "$target_dir/$profile" --python "$venv/bin/python" --output "$output" "${pass[@]}"
+
+step "the cluster benchmark (appended to $output)"
+cluster_flags=(--bin-dir "$target_dir/$profile" --output "$output")
+$quick && cluster_flags+=(--quick)
+$check && cluster_flags+=(--check)
+"$venv/bin/python" bench/cluster.py "${cluster_flags[@]}"

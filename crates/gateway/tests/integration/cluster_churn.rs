@@ -347,3 +347,99 @@ async fn every_command_has_one_result_and_reaches_its_charge_point_once_under_ch
     );
     drop((a, b, d));
 }
+
+#[tokio::test]
+async fn a_command_re_read_gets_one_result_whatever_the_node_before_it_did() {
+    let redis = RedisServer::start().await;
+    let broker = Broker::start().await;
+    let gw = start_node(&redis, &broker, "node-a").await;
+    let day = "86400000";
+    // Another node answered this command before its partition moved here.
+    redis
+        .command(&["SET", "cpgw:command:answered", "done", "PX", day])
+        .await
+        .unwrap();
+    // Another node began sending this one and died without a result.
+    redis
+        .command(&[
+            "SET",
+            "cpgw:command:orphaned",
+            "pending node-gone 0123",
+            "PX",
+            day,
+        ])
+        .await
+        .unwrap();
+    let producer = broker.producer();
+    for id in ["answered", "orphaned", "fresh"] {
+        let record = json!({
+            "commandId": id,
+            "chargePointId": "CP-NONE",
+            "action": "ClearCache",
+            "payload": {},
+        });
+        broker
+            .produce(&producer, "ocpp.commands", id, &record.to_string())
+            .await;
+    }
+    let results = broker
+        .read_until("ocpp.command-results", |records| {
+            ["orphaned", "fresh"]
+                .iter()
+                .all(|id| records.iter().any(|r| r.value["data"]["commandId"] == *id))
+        })
+        .await;
+    // Offsets are committed only past handled records: once all three are committed,
+    // "answered" was handled too, without a result.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while (0..3)
+        .map(|p| {
+            broker
+                .committed("charge-point-gateway", "ocpp.commands", p)
+                .unwrap_or(0)
+        })
+        .sum::<i64>()
+        < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "offsets never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = results.len();
+    let results = broker
+        .read_until("ocpp.command-results", |records| records.len() >= seen)
+        .await;
+    let status_of = |id: &str| -> Vec<String> {
+        results
+            .iter()
+            .filter(|r| r.value["data"]["commandId"] == id)
+            .map(|r| r.value["data"]["status"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        status_of("answered").is_empty(),
+        "an answered command gets no second result"
+    );
+    assert_eq!(status_of("orphaned"), ["unknown"]);
+    assert_eq!(status_of("fresh"), ["notConnected"]);
+    let orphaned = results
+        .iter()
+        .find(|r| r.value["data"]["commandId"] == "orphaned")
+        .unwrap();
+    assert!(
+        orphaned.value["data"]["error"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("node-gone"),
+        "{}",
+        orphaned.value
+    );
+    // Its result is marked, so a later re-read skips it.
+    assert_eq!(
+        redis.command(&["GET", "cpgw:command:fresh"]).await.unwrap(),
+        "done"
+    );
+    drop(gw);
+}
