@@ -101,3 +101,98 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A Redis Cluster of three primaries (no replicas) on free loopback ports, every slot
+/// assigned, killed on drop.
+pub struct RedisCluster {
+    /// The primaries.
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// Starts three primaries and joins them into one cluster.
+    pub async fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for index in 0..3 {
+            let port = free_cluster_port();
+            let node_dir = dir.path().join(format!("node-{index}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--dir",
+                    node_dir.to_str().unwrap(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts (scripts/build-deps.sh installs it)");
+            let node = RedisServer { port, child };
+            node.wait_answering().await;
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let created = tokio::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = RedisCluster { nodes, _dir: dir };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for node in &cluster.nodes {
+            loop {
+                let info = node.command(&["CLUSTER", "INFO"]).await.unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the Redis Cluster never became ok: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        cluster
+    }
+
+    /// The seed URLs of every primary.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}

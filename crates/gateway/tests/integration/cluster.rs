@@ -586,3 +586,75 @@ async fn credentials_in_redis_are_shared_by_the_nodes() {
     .await;
     assert_eq!(a.sample("ocppgw_credential_records").await, Some(1.0));
 }
+
+#[tokio::test]
+async fn nodes_share_a_redis_cluster_too() {
+    use charge_point_gateway::cluster::redis_registry::{CommandMark, NodeLease};
+    let redis = common::redis::RedisCluster::start().await;
+    let config = ClusterConfig {
+        redis_urls: redis.urls(),
+        internal_token: Some(TOKEN.to_owned()),
+        ..ClusterConfig::default()
+    };
+    // Every operation, over ids that fall in different slots of different primaries.
+    let registry = RedisRegistry::new(&config).unwrap();
+    let claimant = Claimant {
+        node: "a",
+        incarnation: "i",
+        connected_at_ms: 1,
+        version: "ocpp1.6",
+    };
+    for n in 0..50 {
+        let id = format!("CP-{n}");
+        let Claim::Taken { epoch, .. } = registry.claim(&id, &claimant, None).await.unwrap() else {
+            panic!("claim of {id}");
+        };
+        assert_eq!(registry.owner(&id).await.unwrap().unwrap().epoch, epoch);
+        assert!(registry.release(&id, "a", epoch).await.unwrap());
+    }
+    let lease = NodeLease {
+        incarnation: "i".into(),
+        url: "http://127.0.0.1:1".into(),
+    };
+    assert!(registry.put_lease("a", &lease, false).await.unwrap());
+    assert_eq!(registry.nodes().await.unwrap(), vec![("a".to_owned(), lease)]);
+    let day = Duration::from_secs(86_400);
+    assert_eq!(
+        registry.mark_command("c-1", "a", "i", day).await.unwrap(),
+        CommandMark::First
+    );
+    assert!(registry.set_credential("CP-1", None, Some("{}")).await.unwrap());
+    assert_eq!(registry.credentials().await.unwrap().1.len(), 1);
+
+    // And two gateways on it: a command forwarded, a takeover.
+    let with_cluster = |name: &str| {
+        let urls = redis.urls();
+        let name = name.to_owned();
+        move |config: &mut Config| {
+            config.node_id = name;
+            config.cluster = ClusterConfig {
+                redis_urls: urls,
+                lease_time: Duration::from_secs(2),
+                redis_timeout: Duration::from_millis(500),
+                internal_address: "127.0.0.1:0".parse().unwrap(),
+                internal_token: Some(TOKEN.to_owned()),
+                ..ClusterConfig::default()
+            };
+        }
+    };
+    let a = TestGateway::start_with(with_cluster("node-a")).await;
+    let b = TestGateway::start_with(with_cluster("node-b")).await;
+    let mut cp = a.connect("CP-X", &["ocpp1.6"]).await;
+    wait_until(STEP, || async {
+        let (status, body) = b.get("/api/v1/connections/CP-X").await;
+        status == 200 && body["gatewayNode"] == "node-a"
+    })
+    .await;
+    let command = b.command("CP-X", reset());
+    accept_next(&mut cp).await;
+    let (status, body) = command.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let _moved = b.connect("CP-X", &["ocpp1.6"]).await;
+    let (_, reason) = cp.closed().await;
+    assert_eq!(reason, "replaced_by_new_connection");
+}
