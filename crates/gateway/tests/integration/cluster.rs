@@ -617,13 +617,19 @@ async fn nodes_share_a_redis_cluster_too() {
         url: "http://127.0.0.1:1".into(),
     };
     assert!(registry.put_lease("a", &lease, false).await.unwrap());
-    assert_eq!(registry.nodes().await.unwrap(), vec![("a".to_owned(), lease)]);
+    assert_eq!(
+        registry.nodes().await.unwrap(),
+        vec![("a".to_owned(), lease)]
+    );
     let day = Duration::from_secs(86_400);
     assert_eq!(
         registry.mark_command("c-1", "a", "i", day).await.unwrap(),
         CommandMark::First
     );
-    assert!(registry.set_credential("CP-1", None, Some("{}")).await.unwrap());
+    assert!(registry
+        .set_credential("CP-1", None, Some("{}"))
+        .await
+        .unwrap());
     assert_eq!(registry.credentials().await.unwrap().1.len(), 1);
 
     // And two gateways on it: a command forwarded, a takeover.
