@@ -299,6 +299,7 @@ impl Gateway {
             auth: auth.clone(),
             cluster: cluster.as_ref().map(|(node, _)| node.clone()),
             node_id: config.node_id.clone(),
+            profiling: config.admin.profiling(),
         });
         let scrape = {
             let metrics = metrics.clone();

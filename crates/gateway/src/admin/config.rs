@@ -32,6 +32,20 @@ pub struct AdminConfig {
     pub tls_certificate_file: Option<std::path::PathBuf>,
     /// PEM private key of `tls_certificate_file`.
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// Allow `GET /api/v1/debug/profile`, which samples the gateway's CPU for a while and
+    /// answers a flame graph (docs/operations.md). Off by default.
+    pub profiling: bool,
+    /// The longest profile a request may ask for, in seconds.
+    pub max_profile_seconds: u64,
+}
+
+/// What the profiling endpoint may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Profiling {
+    /// `admin.profiling`.
+    pub enabled: bool,
+    /// `admin.max_profile_seconds`.
+    pub max_seconds: u64,
 }
 
 impl Default for AdminConfig {
@@ -44,6 +58,8 @@ impl Default for AdminConfig {
             idle_timeout: Duration::from_secs(10),
             tls_certificate_file: None,
             tls_key_file: None,
+            profiling: false,
+            max_profile_seconds: 60,
         }
     }
 }
@@ -64,6 +80,14 @@ impl AdminConfig {
         })
     }
 
+    /// What the profiling endpoint may do.
+    pub fn profiling(&self) -> Profiling {
+        Profiling {
+            enabled: self.profiling,
+            max_seconds: self.max_profile_seconds,
+        }
+    }
+
     /// Whether the API listens on a loopback address only.
     pub fn is_loopback(&self) -> bool {
         self.address.ip().is_loopback()
@@ -74,6 +98,12 @@ impl AdminConfig {
         let invalid = InvalidOption::new;
         if self.max_connections < 8 {
             return Err(invalid("admin.max_connections", "must be at least 8"));
+        }
+        if !(1..=600).contains(&self.max_profile_seconds) {
+            return Err(invalid(
+                "admin.max_profile_seconds",
+                "must be between 1 and 600",
+            ));
         }
         if self.idle_timeout.is_zero() {
             return Err(invalid("admin.idle_timeout", "must be greater than zero"));

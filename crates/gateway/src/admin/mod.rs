@@ -5,6 +5,7 @@
 
 pub mod config;
 mod credentials;
+mod profile;
 
 use std::{sync::Arc, time::Duration};
 
@@ -57,6 +58,8 @@ pub struct AdminState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// This node's id (`node_id`).
     pub node_id: String,
+    /// What `GET /api/v1/debug/profile` may do.
+    pub profiling: config::Profiling,
 }
 
 /// The admin API's routes.
@@ -81,6 +84,7 @@ pub fn router(admin: Arc<AdminState>) -> Router {
         .route("/api/v1/events", get(recent_events))
         .route("/api/v1/log-level", get(get_log_level).put(put_log_level))
         .route("/api/v1/debug-traces", get(list_debug_traces))
+        .route("/api/v1/debug/profile", get(profile::profile))
         .route(
             "/api/v1/charge-points/{id}/debug-trace",
             axum::routing::put(start_debug_trace).delete(stop_debug_trace),

@@ -17,6 +17,7 @@ mod kafka;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod profile;
 mod protocol_errors;
 mod proxy;
 mod proxy_properties;
