@@ -39,7 +39,9 @@ use tracing::{debug, info, warn};
 
 pub use self::config::ClusterConfig;
 pub use self::metrics::ClusterMetrics;
-use self::redis_registry::{Claim, Claimant, NodeLease, OwnerRecord, RedisRegistry, RegistryError};
+use self::redis_registry::{
+    Claim, Claimant, NodeLease, OwnerRecord, PreviousOwner, RedisRegistry, RegistryError,
+};
 use crate::{
     backend::{CommandRequest, Forwarded, Location, Owners, RemoteOwner},
     labels::{ClaimResult, DisconnectReason, ForwardResult, RegistryOperation},
@@ -206,37 +208,21 @@ impl Cluster {
                         self.lose(&handle, fenced);
                     }
                 }
-                match previous.filter(|p| p.node != self.node || p.incarnation != self.incarnation)
-                {
-                    Some(previous) => {
-                        self.metrics.claim(ClaimResult::TookOver);
-                        info!(charge_point_id = %id, epoch, previous_node = %previous.node, previous_epoch = previous.epoch, "took the charge point over from another node");
-                        self.announce_takeover(id, epoch, &previous.node, &previous.incarnation)
-                            .await;
-                    }
-                    None => self.metrics.claim(ClaimResult::Claimed),
-                }
+                self.claimed(id, epoch, previous).await;
             }
             Ok(Claim::Changed) | Err(_) => {
                 self.fences.lock().remove(id);
                 self.metrics.claim(ClaimResult::Failed);
-                self.unsynced
-                    .lock()
-                    .insert(id.to_owned(), info.connection_id.clone());
-                self.metrics.unsynced(self.unsynced.lock().len());
+                let mut unsynced = self.unsynced.lock();
+                unsynced.insert(id.to_owned(), info.connection_id.clone());
+                self.metrics.unsynced(unsynced.len());
             }
         }
     }
 
     async fn release_connection(&self, info: Arc<ConnectionInfo>) {
         let id = info.charge_point_id.as_str();
-        {
-            let mut unsynced = self.unsynced.lock();
-            if unsynced.get(id) == Some(&info.connection_id) {
-                unsynced.remove(id);
-            }
-            self.metrics.unsynced(unsynced.len());
-        }
+        self.synced(&info);
         let epoch = info.epoch();
         if epoch == 0 {
             return;
@@ -321,7 +307,7 @@ impl Cluster {
                 None => Location::Nowhere(None),
             };
         };
-        if record.node == self.node && record.incarnation == self.incarnation {
+        if self.holds(&record) {
             return Location::Here;
         }
         let lease = match self.observe(
@@ -547,15 +533,7 @@ impl Cluster {
             Claim::Taken { epoch, previous } => {
                 info.set_epoch(epoch);
                 self.synced(info);
-                match previous.filter(|p| p.node != self.node || p.incarnation != self.incarnation)
-                {
-                    Some(previous) => {
-                        self.metrics.claim(ClaimResult::TookOver);
-                        self.announce_takeover(id, epoch, &previous.node, &previous.incarnation)
-                            .await;
-                    }
-                    None => self.metrics.claim(ClaimResult::Claimed),
-                }
+                self.claimed(id, epoch, previous).await;
             }
             // Changed meanwhile: looked at again on the next round.
             Claim::Changed => {}
@@ -563,15 +541,33 @@ impl Cluster {
         Ok(())
     }
 
+    /// Counts a claim taken under `epoch`; when it replaced another node's record (or
+    /// this node's from an earlier start), tells that node.
+    async fn claimed(&self, id: &str, epoch: u64, previous: Option<PreviousOwner>) {
+        let elsewhere =
+            previous.filter(|p| p.node != self.node || p.incarnation != self.incarnation);
+        let Some(previous) = elsewhere else {
+            self.metrics.claim(ClaimResult::Claimed);
+            return;
+        };
+        self.metrics.claim(ClaimResult::TookOver);
+        info!(charge_point_id = %id, epoch, previous_node = %previous.node, previous_epoch = previous.epoch, "took the charge point over from another node");
+        self.announce_takeover(id, epoch, &previous.node, &previous.incarnation)
+            .await;
+    }
+
     fn holds(&self, record: &OwnerRecord) -> bool {
         record.node == self.node && record.incarnation == self.incarnation
     }
 
+    /// Forgets that `info`'s claim waits for Redis (made, superseded, or the connection
+    /// ended), unless a newer connection of its charge point waits now.
     fn synced(&self, info: &ConnectionInfo) {
         let mut unsynced = self.unsynced.lock();
         if unsynced.get(&info.charge_point_id) == Some(&info.connection_id) {
             unsynced.remove(&info.charge_point_id);
         }
+        self.metrics.unsynced(unsynced.len());
     }
 
     /// The live nodes other than this one, with their internal URLs (registry order).
