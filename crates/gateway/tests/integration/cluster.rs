@@ -14,17 +14,24 @@ use charge_point_gateway::{
 use gateway_testkit as common;
 
 use common::{redis::RedisServer, TestGateway, STEP};
+
+use crate::process::{free_port, GatewayProcess};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "cluster-test-token-0123456789";
+pub(crate) const TOKEN: &str = "cluster-test-token-0123456789";
 
 fn cluster_config(redis: &RedisServer, node: &str) -> impl FnOnce(&mut Config) {
-    let url = redis.url();
+    cluster_settings(vec![redis.url()], node)
+}
+
+/// Node `node` of a test cluster on the Redis at `redis_urls`: short lease and Redis
+/// timeout, the internal API on a free port.
+pub(crate) fn cluster_settings(redis_urls: Vec<String>, node: &str) -> impl FnOnce(&mut Config) {
     let node = node.to_owned();
     move |config| {
         config.node_id = node;
         config.cluster = ClusterConfig {
-            redis_urls: vec![url],
+            redis_urls,
             lease_time: Duration::from_secs(2),
             redis_timeout: Duration::from_millis(500),
             internal_address: "127.0.0.1:0".parse().unwrap(),
@@ -37,14 +44,19 @@ fn cluster_config(redis: &RedisServer, node: &str) -> impl FnOnce(&mut Config) {
 async fn node(redis: &RedisServer, name: &str) -> TestGateway {
     let gw = TestGateway::start_with(cluster_config(redis, name)).await;
     // Commands are forwarded only to nodes whose lease is in Redis.
-    wait_until(STEP, || async {
+    wait_for_lease(redis, name, STEP).await;
+    gw
+}
+
+/// Waits until node `name` has written its lease.
+async fn wait_for_lease(redis: &RedisServer, name: &str, within: Duration) {
+    wait_until(within, || async {
         redis
             .command(&["EXISTS", &format!("cpgw:node:{name}")])
             .await
             .is_ok_and(|reply| reply == "1")
     })
     .await;
-    gw
 }
 
 async fn owner(redis: &RedisServer, id: &str) -> String {
@@ -377,17 +389,9 @@ async fn the_internal_api_refuses_callers_without_the_token() {
     drop(a);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A gateway binary in a process of its own, for what only a process can suffer.
 struct NodeProcess {
-    child: std::process::Child,
+    process: GatewayProcess,
     ocpp: u16,
     _dir: tempfile::TempDir,
 }
@@ -419,32 +423,20 @@ internal_token = "{TOKEN}"
         );
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_charge-point-gateway"))
+        let process = std::process::Command::new(env!("CARGO_BIN_EXE_charge-point-gateway"))
             .arg("--config")
             .arg(&path)
             .env_clear()
             .stdout(std::process::Stdio::null())
             .spawn()
+            .map(GatewayProcess)
             .unwrap();
-        wait_until(Duration::from_secs(10), || async {
-            redis
-                .command(&["EXISTS", &format!("cpgw:node:{name}")])
-                .await
-                .is_ok_and(|reply| reply == "1")
-        })
-        .await;
+        wait_for_lease(redis, name, Duration::from_secs(10)).await;
         NodeProcess {
-            child,
+            process,
             ocpp,
             _dir: dir,
         }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -477,8 +469,7 @@ async fn a_killed_node_s_charge_points_move_and_the_registry_converges() {
     .await;
 
     // kill -9: no release, no lease dropped.
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    a.process.kill();
     let killed = tokio::time::Instant::now();
     // Until the charge point is back, a command for it says why it cannot be delivered.
     let (status, body) = b.post("/api/v1/charge-points/CP-0/commands", reset()).await;
@@ -633,23 +624,8 @@ async fn nodes_share_a_redis_cluster_too() {
     assert_eq!(registry.credentials().await.unwrap().1.len(), 1);
 
     // And two gateways on it: a command forwarded, a takeover.
-    let with_cluster = |name: &str| {
-        let urls = redis.urls();
-        let name = name.to_owned();
-        move |config: &mut Config| {
-            config.node_id = name;
-            config.cluster = ClusterConfig {
-                redis_urls: urls,
-                lease_time: Duration::from_secs(2),
-                redis_timeout: Duration::from_millis(500),
-                internal_address: "127.0.0.1:0".parse().unwrap(),
-                internal_token: Some(TOKEN.to_owned()),
-                ..ClusterConfig::default()
-            };
-        }
-    };
-    let a = TestGateway::start_with(with_cluster("node-a")).await;
-    let b = TestGateway::start_with(with_cluster("node-b")).await;
+    let a = TestGateway::start_with(cluster_settings(redis.urls(), "node-a")).await;
+    let b = TestGateway::start_with(cluster_settings(redis.urls(), "node-b")).await;
     let mut cp = a.connect("CP-X", &["ocpp1.6"]).await;
     wait_until(STEP, || async {
         let (status, body) = b.get("/api/v1/connections/CP-X").await;

@@ -14,32 +14,26 @@ use std::{
     time::Duration,
 };
 
-use charge_point_gateway::{cluster::ClusterConfig, Config};
+use charge_point_gateway::Config;
 use futures_util::{SinkExt, StreamExt};
 use gateway_testkit as common;
 
 use common::{broker::Broker, redis::RedisServer, TestGateway};
+
+use crate::cluster::cluster_settings;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-const TOKEN: &str = "cluster-test-token-0123456789";
 const FLEET: usize = 30;
 const ADMIN_COMMANDS: usize = 5000;
 const KAFKA_COMMANDS: usize = 5000;
 
 fn configure(redis: &RedisServer, broker: &Broker, node: &str) -> impl FnOnce(&mut Config) {
-    let (url, brokers, node) = (redis.url(), broker.address.clone(), node.to_owned());
+    let cluster = cluster_settings(vec![redis.url()], node);
+    let brokers = broker.address.clone();
     move |config| {
-        config.node_id = node;
-        config.cluster = ClusterConfig {
-            redis_urls: vec![url],
-            lease_time: Duration::from_secs(2),
-            redis_timeout: Duration::from_millis(500),
-            internal_address: "127.0.0.1:0".parse().unwrap(),
-            internal_token: Some(TOKEN.to_owned()),
-            ..ClusterConfig::default()
-        };
+        cluster(config);
         config.kafka.brokers = brokers;
         config.kafka.topic_partitions = 3;
         config.kafka.delivery_timeout = Duration::from_secs(5);

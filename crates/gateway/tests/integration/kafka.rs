@@ -6,6 +6,8 @@ use gateway_testkit as common;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use common::{boot_payload, broker::Broker, broker::Record, TestGateway, STEP};
+
+use crate::process::{free_port, GatewayProcess};
 use serde_json::{json, Value};
 
 fn kafka_config(broker: &Broker) -> impl FnOnce(&mut charge_point_gateway::Config) + '_ {
@@ -660,31 +662,6 @@ async fn readiness_names_the_unreachable_broker_first() {
     let consumer = &health["components"]["commandConsumer"];
     assert_eq!(consumer["status"], "waiting_for_assignment", "{health}");
     assert_eq!(consumer["partitions"], json!([]), "{health}");
-}
-
-/// A free loopback port (bound, then released for the process under test).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A gateway process, killed (SIGKILL) when dropped.
-struct GatewayProcess(std::process::Child);
-
-impl GatewayProcess {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// The gateway binary with Kafka on `broker`, on fixed ports so that a restart takes the

@@ -17,6 +17,7 @@ mod kafka;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod process;
 mod profile;
 mod protocol_errors;
 mod proxy;
