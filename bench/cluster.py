@@ -38,19 +38,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+from bench import PAGE_KB, ROOT, free_port
+
 TOKEN = "bench-cluster-internal-token-0123"
 
 
 def log(message):
     print(f"cluster bench: {message}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(predicate, timeout, what, interval=0.2):

@@ -70,17 +70,23 @@ impl RedisServer {
     }
 
     async fn wait_answering(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        self.wait_for_reply(&["PING"], "PONG", Duration::from_secs(20))
+            .await;
+    }
+
+    /// Runs `args` until the reply contains `expected`, at most `within`.
+    async fn wait_for_reply(&self, args: &[&str], expected: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Ok(reply) = self.command(&["PING"]).await {
-                if reply.contains("PONG") {
-                    return;
-                }
+            let reply = self.command(args).await.unwrap_or_default();
+            if reply.contains(expected) {
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "redis-server did not start answering"
+                "redis-server never answered {args:?} with {expected}: {reply}"
             );
+            // redis-cli has no way to wait for a state: ask again shortly.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -174,19 +180,13 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stdout)
         );
         let cluster = RedisCluster { nodes, _dir: dir };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         for node in &cluster.nodes {
-            loop {
-                let info = node.command(&["CLUSTER", "INFO"]).await.unwrap_or_default();
-                if info.contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the Redis Cluster never became ok: {info}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            node.wait_for_reply(
+                &["CLUSTER", "INFO"],
+                "cluster_state:ok",
+                Duration::from_secs(30),
+            )
+            .await;
         }
         cluster
     }
