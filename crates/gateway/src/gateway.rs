@@ -12,8 +12,9 @@ use tracing::{info, warn};
 use crate::{
     admin::{self, AdminState},
     auth::{
-        metrics::AuthMetrics, store::FileStore, Authenticator, CertificatePolicy, CredentialStore,
-        CredentialsStore,
+        metrics::AuthMetrics,
+        store::{FileStore, StoreError},
+        Authenticator, CertificatePolicy, CredentialStore, CredentialsStore,
     },
     backend::{Commander, ReplyRouter},
     cluster::{
@@ -249,9 +250,22 @@ impl Gateway {
         };
         let credentials = match config.auth.credentials_store {
             CredentialsStore::File => file.map(Credentials::File),
-            CredentialsStore::Redis => Some(Credentials::Redis(Arc::new(
-                RedisCredentialStore::open(&config.cluster, max_id_length, file.as_deref()).await?,
-            ))),
+            // Through this node's registry connection; validation made sure there is one.
+            CredentialsStore::Redis => {
+                let Some((node, _)) = &cluster else {
+                    return Err(StartError::Credentials(StoreError::Shared(
+                        "auth.credentials_store = \"redis\" needs cluster.redis_urls".to_owned(),
+                    )));
+                };
+                Some(Credentials::Redis(Arc::new(
+                    RedisCredentialStore::open(
+                        node.registry().clone(),
+                        max_id_length,
+                        file.as_deref(),
+                    )
+                    .await?,
+                )))
+            }
         };
         let auth = Arc::new(Authenticator::new(
             credentials.as_ref().map(Credentials::store),

@@ -14,10 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{
-    redis_registry::{RedisRegistry, RegistryError},
-    ClusterConfig,
-};
+use super::redis_registry::{RedisRegistry, RegistryError};
 use crate::auth::{
     metrics::AuthMetrics,
     store::{record_from_json, record_to_json, Change, ChangeFn, FileStore, StoreError},
@@ -26,7 +23,7 @@ use crate::auth::{
 
 /// Credential records in Redis, with a copy in memory.
 pub struct RedisCredentialStore {
-    registry: RedisRegistry,
+    registry: Arc<RedisRegistry>,
     max_id_length: usize,
     records: RwLock<HashMap<String, Arc<CredentialRecord>>>,
     version: Mutex<Option<u64>>,
@@ -37,18 +34,18 @@ fn shared(e: RegistryError) -> StoreError {
 }
 
 impl RedisCredentialStore {
-    /// The store in the Redis of `config`, read once; with `import`, the file's records
+    /// The store in the cluster's Redis (through this node's `registry`), read once; with `import`, the file's records
     /// that Redis does not have yet are copied in first (a migration from the file).
     /// While Redis does not answer, the store starts empty (every charge point is
     /// refused, or let in unsecured, as `auth.unknown_charge_points` says) and is read
     /// as soon as Redis answers.
     pub async fn open(
-        config: &ClusterConfig,
+        registry: Arc<RedisRegistry>,
         max_id_length: usize,
         import: Option<&FileStore>,
     ) -> Result<RedisCredentialStore, StoreError> {
         let store = RedisCredentialStore {
-            registry: RedisRegistry::new(config).map_err(shared)?,
+            registry,
             max_id_length,
             records: RwLock::default(),
             version: Mutex::default(),

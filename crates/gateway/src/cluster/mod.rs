@@ -59,7 +59,7 @@ pub struct Cluster {
     incarnation: String,
     url: String,
     config: ClusterConfig,
-    registry: RedisRegistry,
+    registry: Arc<RedisRegistry>,
     sessions: Arc<Registry>,
     metrics: ClusterMetrics,
     client: reqwest::Client,
@@ -99,7 +99,7 @@ impl Cluster {
         sessions: Arc<Registry>,
         metrics: ClusterMetrics,
     ) -> Result<Cluster, ClusterError> {
-        let registry = RedisRegistry::new(&config)?;
+        let registry = Arc::new(RedisRegistry::new(&config)?);
         let client = reqwest::Client::builder()
             .connect_timeout(config.redis_timeout.max(Duration::from_secs(1)))
             .pool_max_idle_per_host(64)
@@ -603,7 +603,7 @@ impl Cluster {
     }
 
     /// The shared registry (for the Kafka command ids).
-    pub fn registry(&self) -> &RedisRegistry {
+    pub fn registry(&self) -> &Arc<RedisRegistry> {
         &self.registry
     }
 
