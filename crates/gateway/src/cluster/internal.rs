@@ -137,16 +137,16 @@ pub fn path_segment(id: &str) -> String {
     utf8_percent_encode(id, NON_ALPHANUMERIC).to_string()
 }
 
-/// Forwards `request` to `owner` and returns its outcome.
+/// Forwards `request` to `owner` and returns its outcome; the owner may take the
+/// command's own timeout plus `cluster.forward_timeout`.
 pub(super) async fn forward(
-    client: &reqwest::Client,
-    token: &str,
+    cluster: &Cluster,
     id: &str,
     owner: &RemoteOwner,
     request: &CommandRequest,
     mode: QueueMode,
-    timeout: Duration,
 ) -> Forwarded {
+    let timeout = request.timeout.unwrap_or_default() + cluster.config.forward_timeout;
     let body = ForwardBody {
         epoch: owner.epoch,
         action: request.action.clone(),
@@ -159,9 +159,8 @@ pub(super) async fn forward(
         owner.url,
         path_segment(id)
     );
-    let response = match client
-        .post(url)
-        .bearer_auth(token)
+    let response = match cluster
+        .internal_request(reqwest::Method::POST, url)
         .timeout(timeout)
         .json(&body)
         .send()
@@ -305,10 +304,10 @@ pub async fn fetch_page(
         query.push(("after", after.to_owned()));
     }
     let response = cluster
-        .client
-        .get(format!("{url}/internal/v1/connections"))
-        .bearer_auth(cluster.token())
-        .timeout(cluster.config.forward_timeout)
+        .internal_request(
+            reqwest::Method::GET,
+            format!("{url}/internal/v1/connections"),
+        )
         .query(&query)
         .send()
         .await
@@ -323,13 +322,10 @@ pub async fn fetch_page(
 /// One connection held by another node, if it is still there.
 pub async fn fetch_one(cluster: &Cluster, url: &str, id: &str) -> Result<Option<Value>, String> {
     let response = cluster
-        .client
-        .get(format!(
-            "{url}/internal/v1/connections/{}",
-            path_segment(id)
-        ))
-        .bearer_auth(cluster.token())
-        .timeout(cluster.config.forward_timeout)
+        .internal_request(
+            reqwest::Method::GET,
+            format!("{url}/internal/v1/connections/{}", path_segment(id)),
+        )
         .send()
         .await
         .map_err(|e| e.to_string())?;

@@ -138,6 +138,15 @@ impl Cluster {
         self.config.internal_token.as_deref().unwrap_or_default()
     }
 
+    /// A request to another node's internal API: with the token, and
+    /// `cluster.forward_timeout` unless the caller sets another.
+    fn internal_request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, url)
+            .bearer_auth(self.token())
+            .timeout(self.config.forward_timeout)
+    }
+
     /// The registry's state for `/health`: `up`, or `degraded` with why.
     pub fn health(&self) -> serde_json::Value {
         let up = self.registry_up.load(Ordering::Relaxed);
@@ -247,10 +256,7 @@ impl Cluster {
             internal::path_segment(id)
         );
         let sent = self
-            .client
-            .post(url)
-            .bearer_auth(self.token())
-            .timeout(self.config.forward_timeout)
+            .internal_request(reqwest::Method::POST, url)
             .json(&internal::TakeoverBody {
                 epoch,
                 node: self.node.clone(),
@@ -363,17 +369,7 @@ impl Cluster {
         mode: QueueMode,
     ) -> Forwarded {
         let started = Instant::now();
-        let timeout = request.timeout.unwrap_or_default() + self.config.forward_timeout;
-        let forwarded = internal::forward(
-            &self.client,
-            self.token(),
-            id,
-            owner,
-            request,
-            mode,
-            timeout,
-        )
-        .await;
+        let forwarded = internal::forward(self, id, owner, request, mode).await;
         let result = match &forwarded {
             Forwarded::Outcome(_) => ForwardResult::Answered,
             Forwarded::StaleEpoch => ForwardResult::StaleEpoch,
