@@ -62,6 +62,13 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// A handle that freezes this server for a while, usable from another task.
+    pub fn freezer(&self) -> Freezer {
+        Freezer {
+            pid: self.child.id(),
+        }
+    }
+
     /// Starts it again on the same port, empty (it keeps nothing on disk).
     pub async fn restart_empty(&mut self) {
         self.kill();
@@ -99,6 +106,41 @@ impl RedisServer {
             .output()
             .await?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+}
+
+/// Freezes a `redis-server` process, as a server that blinks.
+#[derive(Clone, Copy)]
+pub struct Freezer {
+    pid: u32,
+}
+
+impl Freezer {
+    /// Stops the server (SIGSTOP) for `duration`, then lets it go on (SIGCONT): every
+    /// request sent meanwhile waits, and is executed late.
+    pub async fn stall(self, duration: Duration) {
+        self.freeze().await;
+        tokio::time::sleep(duration).await;
+        self.thaw().await;
+    }
+
+    /// Stops the server (SIGSTOP) until [`Freezer::thaw`].
+    pub async fn freeze(self) {
+        self.signal("-STOP").await;
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub async fn thaw(self) {
+        self.signal("-CONT").await;
+    }
+
+    async fn signal(self, name: &str) {
+        let status = tokio::process::Command::new("kill")
+            .args([name, &self.pid.to_string()])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(status.success(), "kill {name} {} failed", self.pid);
     }
 }
 

@@ -521,15 +521,21 @@ impl RedisRegistry {
 
     /// Marks Kafka command `command_id` pending by this node, unless another mark is
     /// there already (then returns it).
+    ///
+    /// `attempt` names this reading of the record: a retry after a reply that timed out
+    /// finds its own mark and gets `First` again, so retrying is safe even when the
+    /// first try reached Redis.
     pub async fn mark_command(
         &self,
         command_id: &str,
         node: &str,
         incarnation: &str,
+        attempt: &str,
         ttl: Duration,
     ) -> Result<CommandMark, RegistryError> {
         let key = self.command_key(command_id);
-        let pending = format!("pending {node} {incarnation}");
+        let pending = format!("pending {node} {incarnation} {attempt}");
+        let ours = pending.clone();
         let ttl_ms = ttl.as_millis() as u64;
         let (set, existing): (Option<String>, Option<String>) = self
             .run(|mut connection| async move {
@@ -546,7 +552,7 @@ impl RedisRegistry {
                     .await
             })
             .await?;
-        if set.is_some() {
+        if set.is_some() || existing.as_deref() == Some(ours.as_str()) {
             return Ok(CommandMark::First);
         }
         Ok(parse_mark(existing.as_deref().unwrap_or("done")))
@@ -578,19 +584,6 @@ impl RedisRegistry {
                 .arg("PX")
                 .arg(ttl_ms)
                 .query_async::<Option<String>>(&mut connection)
-                .await
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Forgets `command_id` (its sending failed before anything reached a charge
-    /// point, and the record will be read again).
-    pub async fn forget_command(&self, command_id: &str) -> Result<(), RegistryError> {
-        self.run(|mut connection| async move {
-            redis::cmd("DEL")
-                .arg(self.command_key(command_id))
-                .query_async::<i64>(&mut connection)
                 .await
         })
         .await?;
@@ -707,6 +700,13 @@ mod tests {
 
     #[test]
     fn command_marks_round_trip() {
+        assert_eq!(
+            parse_mark("pending gw-1 abc 7f3a"),
+            CommandMark::Pending {
+                node: "gw-1".into(),
+                incarnation: "abc".into()
+            }
+        );
         assert_eq!(
             parse_mark("pending gw-1 abc"),
             CommandMark::Pending {

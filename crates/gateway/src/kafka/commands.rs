@@ -86,8 +86,10 @@ enum Sighting {
 
 /// Marks `command_id` as being sent here, or learns what became of it elsewhere. A
 /// command another live node is sending (its partition moved here meanwhile) is waited
-/// for, so that it ends with exactly one result. Without Redis, the local memory of ids
-/// is all there is.
+/// for, so that it ends with exactly one result. A registry that does not answer is asked
+/// again for up to `cluster.lease_time` (a blink must not let two nodes send one
+/// command); beyond that, the local memory of ids is all there is and the command is
+/// sent.
 async fn sighting(parts: &CommandConsumer, command_id: &str, longest: Duration) -> Sighting {
     use crate::cluster::redis_registry::CommandMark;
     let Some(cluster) = &parts.cluster else {
@@ -95,16 +97,21 @@ async fn sighting(parts: &CommandConsumer, command_id: &str, longest: Duration) 
     };
     let registry = cluster.registry();
     let ttl = cluster.config().command_id_ttl;
-    let mark = registry
-        .mark_command(command_id, cluster.node(), cluster.incarnation(), ttl)
-        .await;
+    let reading = uuid::Uuid::new_v4().simple().to_string();
+    let mark = retry_registry(cluster, || {
+        registry.mark_command(
+            command_id,
+            cluster.node(),
+            cluster.incarnation(),
+            &reading,
+            ttl,
+        )
+    })
+    .await;
     let deadline = Instant::now() + longest;
     let mut mark = match mark {
         Ok(mark) => mark,
         Err(e) => {
-            cluster
-                .metrics()
-                .registry(crate::labels::RegistryOperation::CommandId, false);
             crate::warn_limited!(%command_id, error = %e, "command id not checked across nodes (registry unavailable); sending");
             return Sighting::Send;
         }
@@ -127,6 +134,54 @@ async fn sighting(parts: &CommandConsumer, command_id: &str, longest: Duration) 
                     Ok(None) => return Sighting::Send,
                     Err(_) => mark,
                 };
+            }
+        }
+    }
+}
+
+/// Marks `command_id` answered, asking a registry that does not answer again for up to
+/// `cluster.lease_time`: a mark left `pending` makes a node that reads the record again
+/// wait for it and then write a second result (`unknown`).
+async fn mark_answered(cluster: &crate::cluster::Cluster, command_id: &str) {
+    let ttl = cluster.config().command_id_ttl;
+    let done = retry_registry(cluster, || cluster.registry().command_done(command_id, ttl)).await;
+    if let Err(e) = done {
+        warn!(%command_id, error = %e, "command result written but not marked across nodes");
+    }
+}
+
+/// First pause between two tries of a registry operation; it doubles up to a second.
+const REGISTRY_RETRY: Duration = Duration::from_millis(50);
+
+/// Runs an idempotent registry operation until it succeeds or `cluster.lease_time` has
+/// passed; each failure is counted.
+async fn retry_registry<T, F, Fut>(
+    cluster: &crate::cluster::Cluster,
+    mut operation: F,
+) -> Result<T, crate::cluster::redis_registry::RegistryError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::cluster::redis_registry::RegistryError>>,
+{
+    let give_up = Instant::now() + cluster.config().lease_time;
+    let mut pause = REGISTRY_RETRY;
+    loop {
+        match operation().await {
+            Ok(value) => {
+                cluster
+                    .metrics()
+                    .registry(crate::labels::RegistryOperation::CommandId, true);
+                return Ok(value);
+            }
+            Err(e) => {
+                cluster
+                    .metrics()
+                    .registry(crate::labels::RegistryOperation::CommandId, false);
+                if Instant::now() + pause >= give_up {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
     }
@@ -341,11 +396,7 @@ async fn run_once(
                         let command_id = result.command_id.clone();
                         let published = publish_result(&parts.bus, result, &stop).await;
                         if let (true, Some(cluster)) = (published, &parts.cluster) {
-                            let ttl = cluster.config().command_id_ttl;
-                            if let Err(e) = cluster.registry().command_done(&command_id, ttl).await {
-                                cluster.metrics().registry(crate::labels::RegistryOperation::CommandId, false);
-                                warn!(%command_id, error = %e, "command result written but not marked across nodes");
-                            }
+                            mark_answered(cluster, &command_id).await;
                         }
                         published
                     }

@@ -59,14 +59,14 @@ async fn wait_for_lease(redis: &RedisServer, name: &str, within: Duration) {
     .await;
 }
 
-async fn owner(redis: &RedisServer, id: &str) -> String {
+pub(crate) async fn owner(redis: &RedisServer, id: &str) -> String {
     redis
         .command(&["HGET", &format!("cpgw:cp:{{{id}}}:owner"), "node"])
         .await
         .unwrap()
 }
 
-async fn wait_until<F, Fut>(within: Duration, mut condition: F)
+pub(crate) async fn wait_until<F, Fut>(within: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -614,8 +614,30 @@ async fn nodes_share_a_redis_cluster_too() {
     );
     let day = Duration::from_secs(86_400);
     assert_eq!(
-        registry.mark_command("c-1", "a", "i", day).await.unwrap(),
+        registry
+            .mark_command("c-1", "a", "i", "r1", day)
+            .await
+            .unwrap(),
         CommandMark::First
+    );
+    // The same reading again (a retry after a lost reply) finds its own mark; another
+    // reading sees it pending.
+    assert_eq!(
+        registry
+            .mark_command("c-1", "a", "i", "r1", day)
+            .await
+            .unwrap(),
+        CommandMark::First
+    );
+    assert_eq!(
+        registry
+            .mark_command("c-1", "b", "j", "r2", day)
+            .await
+            .unwrap(),
+        CommandMark::Pending {
+            node: "a".into(),
+            incarnation: "i".into()
+        }
     );
     assert!(registry
         .set_credential("CP-1", None, Some("{}"))

@@ -1,8 +1,9 @@
 //! Commands under churn: three nodes share Redis and a real Kafka-protocol broker, 30
 //! charge points flap between them, one node leaves and another joins (a consumer-group
-//! rebalance) while 10,000 commands arrive through the admin API and Kafka. Every command
-//! gets exactly one result, and no charge point receives a command twice (counted at
-//! the charge point).
+//! rebalance) while 10,000 commands arrive through the admin API and Kafka, and Redis
+//! blinks now and then for longer than the nodes' `redis_timeout`. Every command gets
+//! exactly one result, and no charge point receives a command twice (counted at the
+//! charge point).
 
 use std::{
     collections::HashMap,
@@ -20,7 +21,7 @@ use gateway_testkit as common;
 
 use common::{broker::Broker, redis::RedisServer, TestGateway};
 
-use crate::cluster::cluster_settings;
+use crate::cluster::{cluster_settings, owner, wait_until};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -46,7 +47,21 @@ fn configure(redis: &RedisServer, broker: &Broker, node: &str) -> impl FnOnce(&m
 }
 
 async fn start_node(redis: &RedisServer, broker: &Broker, name: &str) -> TestGateway {
-    let gw = TestGateway::start_with(configure(redis, broker, name)).await;
+    start_node_with(redis, broker, name, |_| {}).await
+}
+
+async fn start_node_with(
+    redis: &RedisServer,
+    broker: &Broker,
+    name: &str,
+    adjust: impl FnOnce(&mut Config),
+) -> TestGateway {
+    let configure = configure(redis, broker, name);
+    let gw = TestGateway::start_with(|config| {
+        configure(config);
+        adjust(config);
+    })
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (status, health) = gw.get("/health").await;
@@ -212,6 +227,22 @@ async fn every_command_has_one_result_and_reaches_its_charge_point_once_under_ch
         })
     };
 
+    // Redis freezes for longer than the nodes wait for it, every few seconds: requests
+    // time out on the nodes and are executed late by Redis.
+    let blinking = Arc::new(AtomicBool::new(true));
+    let blinks = {
+        let (freezer, blinking) = (redis.freezer(), blinking.clone());
+        tokio::spawn(async move {
+            let mut count = 0;
+            while blinking.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                freezer.stall(Duration::from_millis(800)).await;
+                count += 1;
+            }
+            count
+        })
+    };
+
     // Admin commands, 32 at a time, to whichever nodes are alive; a node leaves after a
     // third and another joins after two thirds.
     let http = reqwest::Client::new();
@@ -271,6 +302,9 @@ async fn every_command_has_one_result_and_reaches_its_charge_point_once_under_ch
         .await
         .expect("kafka commands produced")
         .unwrap();
+    blinking.store(false, Ordering::Relaxed);
+    let blinked = blinks.await.unwrap();
+    assert!(blinked >= 2, "Redis froze only {blinked} times");
 
     // Every Kafka command has exactly one result.
     // Read until every command has a result, or the time is up (then the asserts below
@@ -336,7 +370,7 @@ async fn every_command_has_one_result_and_reaches_its_charge_point_once_under_ch
         "{kafka_statuses:?}"
     );
     eprintln!(
-        "admin: {statuses:?}; kafka: {kafka_statuses:?}; commands received by charge points: {}",
+        "admin: {statuses:?}; kafka: {kafka_statuses:?}; commands received by charge points: {}; Redis froze {blinked} times",
         received.len()
     );
     drop((a, b, d));
@@ -435,5 +469,82 @@ async fn a_command_re_read_gets_one_result_whatever_the_node_before_it_did() {
         redis.command(&["GET", "cpgw:command:fresh"]).await.unwrap(),
         "done"
     );
+    drop(gw);
+}
+
+/// A node whose mark request times out must not send the command on a guess: the
+/// request may still reach Redis late, or another node may be sending the command. It
+/// asks again, recognises its own mark, and sends once Redis has confirmed it.
+#[tokio::test]
+async fn a_command_read_while_redis_is_frozen_is_sent_once_its_mark_is_confirmed() {
+    let redis = RedisServer::start().await;
+    let broker = Broker::start().await;
+    // Redis is frozen below for longer than a request waits and than a lookup and a
+    // mark together, but shorter than the lease.
+    let lease_time = Duration::from_secs(8);
+    let frozen_for = Duration::from_secs(3);
+    let gw = start_node_with(&redis, &broker, "node-a", |config| {
+        config.cluster.lease_time = lease_time;
+        assert!(config.cluster.redis_timeout * 3 < frozen_for && frozen_for < lease_time);
+    })
+    .await;
+    let mut cp = gw.connect("CP-1", &["ocpp1.6"]).await;
+    wait_until(Duration::from_secs(10), || async {
+        owner(&redis, "CP-1").await == "node-a"
+    })
+    .await;
+    let charge_point = tokio::spawn(async move {
+        let call = cp.frame().await;
+        let received_at = tokio::time::Instant::now();
+        cp.send_json(json!([3, call[1], {"status": "Accepted"}]))
+            .await;
+        (cp, received_at, call)
+    });
+
+    let freezer = redis.freezer();
+    freezer.freeze().await;
+    let producer = broker.producer();
+    let record = json!({
+        "commandId": "frozen",
+        "chargePointId": "CP-1",
+        "action": "DataTransfer",
+        "payload": data_transfer("frozen"),
+        "timeoutSeconds": 10,
+    });
+    broker
+        .produce(&producer, "ocpp.commands", "frozen", &record.to_string())
+        .await;
+    tokio::time::sleep(frozen_for).await;
+    let thawed_at = tokio::time::Instant::now();
+    freezer.thaw().await;
+
+    let (_cp, received_at, call) = charge_point.await.unwrap();
+    assert_eq!(call[3]["data"], "frozen");
+    assert!(
+        received_at >= thawed_at,
+        "the command reached the charge point {:?} before Redis confirmed its mark",
+        thawed_at - received_at
+    );
+    let results = broker
+        .read_until("ocpp.command-results", |records| {
+            records
+                .iter()
+                .any(|r| r.value["data"]["commandId"] == "frozen")
+        })
+        .await;
+    let statuses: Vec<_> = results
+        .iter()
+        .filter(|r| r.value["data"]["commandId"] == "frozen")
+        .map(|r| r.value["data"]["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!("completed")]);
+    wait_until(Duration::from_secs(10), || async {
+        redis
+            .command(&["GET", "cpgw:command:frozen"])
+            .await
+            .unwrap_or_default()
+            == "done"
+    })
+    .await;
     drop(gw);
 }
