@@ -28,9 +28,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Simulate many charge points and measure the central system.
-    Load(LoadArgs),
+    Load(Box<LoadArgs>),
     /// Run one charge point through a scripted session, printing every frame.
-    Session(SessionArgs),
+    Session(Box<SessionArgs>),
 }
 
 /// Where and how to connect; shared by both commands.
@@ -146,6 +146,10 @@ pub struct LoadArgs {
     /// Reconnect backoff: a random extra wait of up to this (RetryBackOffRandomRange).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub reconnect_jitter: Duration,
+    /// Also report the CPU time this process (the server under test, on the same
+    /// machine) spent over the measurement window, per answered CALL.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Count an echoed CALL as its answer, for a bare WebSocket echo server baseline.
     #[arg(long)]
     pub echo_baseline: bool,
@@ -198,6 +202,7 @@ impl LoadArgs {
             storm_after: self.storm_after,
             boot_grace: crate::load::BOOT_GRACE,
             progress_every: (!self.progress.is_zero()).then_some(self.progress),
+            server_pid: self.server_pid,
             profile: Profile {
                 scenario: self.scenario,
                 rate: self.rate,

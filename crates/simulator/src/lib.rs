@@ -10,6 +10,7 @@ pub mod behaviour;
 pub mod charge_point;
 pub mod cli;
 pub mod connect;
+pub mod cpu;
 pub mod frames;
 pub mod load;
 pub mod payloads;

@@ -50,6 +50,8 @@ pub struct LoadOptions {
     pub boot_grace: Duration,
     /// Print a progress line this often (to the progress writer).
     pub progress_every: Option<Duration>,
+    /// A local process whose CPU time over the window is reported (the server).
+    pub server_pid: Option<u32>,
     /// What each charge point does.
     pub profile: Profile,
 }
@@ -81,6 +83,57 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     /// The reconnect storm, when one was ordered.
     pub storm: Option<StormSummary>,
+    /// CPU spent over the measurement window.
+    pub cpu: WindowCpu,
+}
+
+/// CPU time over the measurement window, as a share of one core and per answered CALL.
+/// A simulator near a whole core was the bottleneck of its run, not the server.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WindowCpu {
+    /// This simulator's CPU seconds per second (1.0 = one core busy).
+    pub simulator_share: Option<f64>,
+    /// This simulator's CPU per answered CALL, in microseconds.
+    pub simulator_us_per_call: Option<f64>,
+    /// The `--server-pid` process's CPU seconds per second.
+    pub server_share: Option<f64>,
+    /// The `--server-pid` process's CPU per answered CALL, in microseconds.
+    pub server_us_per_call: Option<f64>,
+}
+
+/// CPU readings when the window opened.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    simulator: Option<Duration>,
+    server: Option<Duration>,
+}
+
+impl CpuMark {
+    fn now(server_pid: Option<u32>) -> CpuMark {
+        CpuMark {
+            simulator: crate::cpu::own_cpu(),
+            server: server_pid.and_then(crate::cpu::process_cpu),
+        }
+    }
+
+    /// The window's CPU from `self` (its opening) to `end`, over `window_s` seconds in
+    /// which `answered` CALLs were answered.
+    fn until(self, end: CpuMark, window_s: f64, answered: u64) -> WindowCpu {
+        let share = |from: Option<Duration>, to: Option<Duration>| {
+            let used = to?.checked_sub(from?)?.as_secs_f64();
+            (window_s > 0.0).then(|| used / window_s)
+        };
+        let per_call = |from: Option<Duration>, to: Option<Duration>| {
+            let used = to?.checked_sub(from?)?.as_secs_f64();
+            (answered > 0).then(|| used * 1e6 / answered as f64)
+        };
+        WindowCpu {
+            simulator_share: share(self.simulator, end.simulator),
+            simulator_us_per_call: per_call(self.simulator, end.simulator),
+            server_share: share(self.server, end.server),
+            server_us_per_call: per_call(self.server, end.server),
+        }
+    }
 }
 
 /// Counts within the measurement window.
@@ -177,11 +230,12 @@ pub async fn run(connector: Connector, options: LoadOptions, mut progress: impl 
     let mut all_booted_at: Option<Instant> = None;
     let mut last_started_at: Option<Instant> = None;
     let mut window_opened: Option<(Instant, Counters)> = None;
+    let mut cpu_opened: Option<CpuMark> = None;
     let mut storm: Option<Storm> = None;
     let mut storm_summary: Option<StormSummary> = None;
     let mut progress_due = options.progress_every.map(|every| started + every);
     let mut last_progress = (started, stats.counters());
-    let (closed_at, closed_counters) = loop {
+    let (closed_at, closed_counters, cpu_closed) = loop {
         tokio::time::sleep(POLL).await;
         let now = Instant::now();
         if spawner.as_ref().is_some_and(|handle| handle.is_finished()) {
@@ -202,6 +256,7 @@ pub async fn run(connector: Connector, options: LoadOptions, mut progress: impl 
                 if now >= ready + options.warmup {
                     stats.open_window();
                     window_opened = Some((now, stats.counters()));
+                    cpu_opened = Some(CpuMark::now(options.server_pid));
                 }
             }
         }
@@ -227,7 +282,7 @@ pub async fn run(connector: Connector, options: LoadOptions, mut progress: impl 
                 }
             }
             if now >= opened + options.duration {
-                break (now, stats.counters());
+                break (now, stats.counters(), CpuMark::now(options.server_pid));
             }
         }
         if let Some(due) = progress_due.filter(|due| now >= *due) {
@@ -320,6 +375,9 @@ pub async fn run(connector: Connector, options: LoadOptions, mut progress: impl 
         },
         errors: stats.errors(),
         storm: storm_summary,
+        cpu: cpu_opened.map_or_else(WindowCpu::default, |opened| {
+            opened.until(cpu_closed, window_s, window.calls_answered)
+        }),
     }
 }
 
@@ -390,6 +448,17 @@ impl Summary {
         line(format!(
             "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}  (n={})",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+        ));
+        let cpu = &self.cpu;
+        let share =
+            |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{:.0}% of a core", v * 100.0));
+        let per_call = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1} µs"));
+        line(format!(
+            "cpu over the window: simulator {} ({} per answered CALL), server {} ({} per answered CALL)",
+            share(cpu.simulator_share),
+            per_call(cpu.simulator_us_per_call),
+            share(cpu.server_share),
+            per_call(cpu.server_us_per_call),
         ));
         let r = &self.run;
         line(format!(

@@ -95,6 +95,8 @@ fn options(charge_points: usize, profile: Profile, duration: Duration) -> LoadOp
         storm_after: None,
         boot_grace: Duration::from_millis(200),
         progress_every: None,
+        // The gateway runs in this process: the figures are both sides together.
+        server_pid: Some(std::process::id()),
         profile,
     }
 }
@@ -130,6 +132,15 @@ async fn a_mixed_fleet_charges_in_every_version_without_a_single_error() {
     );
     assert!(summary.latency_ms.count > 200);
     assert!(summary.latency_ms.p50 > 0.0 && summary.latency_ms.p50 <= summary.latency_ms.p99);
+    // Both sides did work in the window, and per CALL it is a few microseconds to a few
+    // milliseconds (an unoptimised build).
+    let cpu = &summary.cpu;
+    assert!(cpu.simulator_share.is_some_and(|s| s > 0.0), "{cpu:?}");
+    assert!(
+        cpu.server_us_per_call
+            .is_some_and(|us| us > 0.1 && us < 100_000.0),
+        "{cpu:?}"
+    );
 }
 
 #[tokio::test]
