@@ -4,9 +4,9 @@
 The gateway (JSON-lines events, log level info: what bench.py runs) on CPU 1, with
 `admin.profiling` on; the simulator on CPU 0 (1,000 charge points, telemetry, closed
 loop, or `--rate`). Over the measurement window it takes `GET /api/v1/debug/profile` twice, once as
-an SVG flame graph (written to OUTPUT) and once as collapsed stacks (written beside it,
-`.txt`), and prints the functions with the most samples, on their own and with what they
-call.
+an SVG flame graph (written to OUTPUT) and once as collapsed stacks (kept with
+`--stacks`), and prints the functions with the most samples, on their own and with what
+they call.
 
     bench/flamegraph.py bench/flamegraphs/after.svg [--bin-dir target/release] [--seconds 10]
 """
@@ -23,7 +23,8 @@ from bench import ROOT, Bench
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output", help="where the SVG goes; the collapsed stacks go beside it (.txt)")
+    parser.add_argument("output", help="where the SVG goes")
+    parser.add_argument("--stacks", help="also write the collapsed stacks here")
     parser.add_argument("--bin-dir", default=str(ROOT / "target/release"))
     parser.add_argument("--seconds", type=int, default=10, help="length of each profile")
     parser.add_argument("--top", type=int, default=25)
@@ -57,10 +58,11 @@ def main():
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(taken["svg"])
     collapsed = taken["collapsed"].decode()
-    output.with_suffix(".txt").write_text(collapsed)
+    if args.stacks:
+        Path(args.stacks).write_text(collapsed)
     print(
         f"{summary['window']['answered_per_s']:.0f} CALL/s, server {summary['cpu']['server_us_per_call']:.2f} µs per CALL; "
-        f"flame graph in {output}, stacks in {output.with_suffix('.txt')}"
+        f"flame graph in {output}"
     )
     own, total = collections.Counter(), collections.Counter()
     samples = 0

@@ -77,6 +77,42 @@ fn frame_error_kind(kind: &FrameErrorKind) -> InvalidFrameKind {
     }
 }
 
+/// The span of one inbound CALL, when anything would use it: exported traces, or log
+/// output at `debug` (where its fields label every line of the CALL). Otherwise lines
+/// logged while the CALL is processed carry the session span's charge point and
+/// connection, and name the message id themselves; creating, entering and closing a span
+/// per CALL was a fifth of the CPU per CALL at the default level.
+fn call_span(call: &InboundCall, info: &ConnectionInfo) -> Option<tracing::Span> {
+    if !crate::telemetry::traces::exporting() && !tracing::enabled!(tracing::Level::DEBUG) {
+        return None;
+    }
+    // Each CALL is a trace of its own (no session parent), with the ids that the session
+    // span gives log lines. The attributes only traces use are recorded when the span is
+    // exported: the log output formats every field of every span.
+    let span = tracing::info_span!(
+        parent: None,
+        "ocpp.call",
+        // The exporter reads name and kind when the span opens only.
+        otel.name = %format_args!("ocpp {}", call.action),
+        otel.kind = "server",
+        rpc.system = tracing::field::Empty,
+        rpc.method = tracing::field::Empty,
+        ocpp.version = tracing::field::Empty,
+        ocpp.message_id = %call.message_id,
+        charge_point_id = %info.charge_point_id,
+        connection_id = %info.connection_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    if crate::telemetry::traces::record_ids(&span) {
+        span.record("rpc.system", "ocpp");
+        span.record("rpc.method", call.action.as_str());
+        span.record("ocpp.version", info.version.subprotocol());
+    }
+    // A span nobody records would still be entered and left at every poll.
+    (!span.is_disabled()).then_some(span)
+}
+
 /// How long the gateway waits for the peer's close frame after sending its own.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -469,37 +505,11 @@ where
             let message_id = call.message_id.clone();
             let action_label = action_label(self.version(), &call.action);
             let received = call.received;
-            // Each CALL is a trace of its own (no session parent), with the ids that the
-            // session span gives log lines. The attributes only traces use are recorded
-            // when the span is exported: the log output formats every field of every
-            // span, and at the default level that was a fifth of the CPU per message.
-            let span = tracing::info_span!(
-                parent: None,
-                "ocpp.call",
-                // The exporter reads name and kind when the span opens only.
-                otel.name = %format_args!("ocpp {}", call.action),
-                otel.kind = "server",
-                rpc.system = tracing::field::Empty,
-                rpc.method = tracing::field::Empty,
-                ocpp.version = tracing::field::Empty,
-                ocpp.message_id = %call.message_id,
-                charge_point_id = %self.info.charge_point_id,
-                connection_id = %self.info.connection_id,
-                trace_id = tracing::field::Empty,
-                span_id = tracing::field::Empty,
-            );
-            if crate::telemetry::traces::record_ids(&span) {
-                span.record("rpc.system", "ocpp");
-                span.record("rpc.method", call.action.as_str());
-                span.record("ocpp.version", self.version().subprotocol());
-            }
+            let span = call_span(&call, &self.info);
             let future = self.ctx.handler.clone().call(self.info.clone(), call);
-            // A span nobody records (the usual case below debug logging without traces)
-            // would still be entered and left at every poll.
-            let reply: ReplyFuture = if span.is_disabled() {
-                future
-            } else {
-                Box::pin(future.instrument(span))
+            let reply: ReplyFuture = match span {
+                Some(span) => Box::pin(future.instrument(span)),
+                None => future,
             };
             self.in_flight = Some(Box::new(InFlight {
                 message_id,
