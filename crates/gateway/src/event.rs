@@ -3,10 +3,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use ocpp::{MessageType, OcppVersion};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use uuid::Uuid;
 
 /// CloudEvents `type` of an inbound OCPP message.
 pub const MESSAGE_RECEIVED: &str = "chargepointgateway.message.received";
@@ -25,9 +28,10 @@ pub struct Event {
     /// Always `1.0`.
     pub specversion: &'static str,
     /// Unique id of this event (UUIDv7, time-ordered).
-    pub id: String,
-    /// `/charge-point-gateway/{node_id}`.
-    pub source: String,
+    pub id: Uuid,
+    /// `/charge-point-gateway/{node_id}` (see [`Event::source_of`]), shared by every event
+    /// of the instance.
+    pub source: Arc<str>,
     /// One of [`MESSAGE_RECEIVED`], [`CONNECTION_OPENED`], [`CONNECTION_CLOSED`].
     #[serde(rename = "type")]
     pub event_type: &'static str,
@@ -87,7 +91,7 @@ pub struct MessageData {
     /// The connection the message arrived on.
     pub connection_id: String,
     /// The gateway instance that received it.
-    pub gateway_node: String,
+    pub gateway_node: Arc<str>,
 }
 
 /// A charge point connected.
@@ -178,12 +182,23 @@ pub struct SecurityData {
 }
 
 impl Event {
-    /// A new event of `event_type` about charge point `subject`.
-    pub fn new(node_id: &str, event_type: &'static str, subject: &str, data: EventData) -> Event {
+    /// The `source` of the events of instance `node_id`.
+    pub fn source_of(node_id: &str) -> Arc<str> {
+        Arc::from(format!("/charge-point-gateway/{node_id}"))
+    }
+
+    /// A new event of `event_type` about charge point `subject`, from `source`
+    /// ([`Event::source_of`]).
+    pub fn new(
+        source: Arc<str>,
+        event_type: &'static str,
+        subject: &str,
+        data: EventData,
+    ) -> Event {
         Event {
             specversion: "1.0",
-            id: uuid::Uuid::now_v7().to_string(),
-            source: format!("/charge-point-gateway/{node_id}"),
+            id: Uuid::now_v7(),
+            source,
             event_type,
             subject: subject.to_owned(),
             time: Utc::now(),
@@ -206,7 +221,7 @@ impl MessageData {
         message_id: &str,
         action: Option<String>,
         connection_id: &str,
-        gateway_node: &str,
+        gateway_node: Arc<str>,
     ) -> MessageData {
         MessageData {
             ocpp_version: version,
@@ -219,7 +234,7 @@ impl MessageData {
             error_details: None,
             received_at: Utc::now(),
             connection_id: connection_id.to_owned(),
-            gateway_node: gateway_node.to_owned(),
+            gateway_node,
         }
     }
 }

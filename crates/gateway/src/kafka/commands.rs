@@ -596,7 +596,7 @@ async fn publish_result(
     let (command_id, status) = (result.command_id.clone(), result.status);
     let node = result.gateway_node.clone();
     let event = Event::new(
-        &node,
+        Event::source_of(&node),
         COMMAND_RESULT,
         &subject,
         EventData::CommandResult(Box::new(result)),

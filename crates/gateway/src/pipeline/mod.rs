@@ -250,7 +250,7 @@ impl Pipeline {
             &message_id,
             Some(action.clone()),
             &info.connection_id,
-            self.events.node_id(),
+            self.events.node(),
         );
         data.payload = Some(payload);
         let durable = self.durable_actions.contains(&action);
@@ -401,7 +401,7 @@ impl MessageHandler for Pipeline {
             message_id,
             action.map(str::to_owned),
             &info.connection_id,
-            self.events.node_id(),
+            self.events.node(),
         );
         let verdict = match checked {
             None | Some(Ok(())) => ResponseVerdict {
@@ -459,7 +459,7 @@ impl MessageHandler for Pipeline {
             &error.message_id,
             action.map(str::to_owned),
             &info.connection_id,
-            self.events.node_id(),
+            self.events.node(),
         );
         data.error_code = Some(error.error_code);
         data.error_description = Some(error.description);
@@ -488,7 +488,7 @@ impl MessageHandler for Pipeline {
             &message_id,
             Some(action),
             &info.connection_id,
-            self.events.node_id(),
+            self.events.node(),
         );
         data.payload = Some(payload);
         self.record(info, data).await;

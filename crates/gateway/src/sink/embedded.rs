@@ -187,10 +187,17 @@ impl BatchWriter for io::Stdout {
     }
 }
 
+/// An append that failed after `written` of its bytes reached the file.
+struct PartialWrite {
+    written: u64,
+    error: io::Error,
+}
+
 /// What [`EventFile`] needs of a file: appending, cutting back and syncing.
 trait AppendOnly: Send {
     fn length(&mut self) -> io::Result<u64>;
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Appends all of `bytes`, or says how many reached the file before the error.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), PartialWrite>;
     fn cut_back(&mut self, length: u64) -> io::Result<()>;
     fn sync(&mut self) -> io::Result<()>;
 }
@@ -200,8 +207,23 @@ impl AppendOnly for File {
         Ok(self.metadata()?.len())
     }
 
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.write_all(bytes)
+    fn append(&mut self, mut bytes: &[u8]) -> Result<(), PartialWrite> {
+        let mut written = 0;
+        while !bytes.is_empty() {
+            match self.write(bytes) {
+                Ok(0) => {
+                    let error = io::Error::from(io::ErrorKind::WriteZero);
+                    return Err(PartialWrite { written, error });
+                }
+                Ok(n) => {
+                    written += n as u64;
+                    bytes = &bytes[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(PartialWrite { written, error }),
+            }
+        }
+        Ok(())
     }
 
     fn cut_back(&mut self, length: u64) -> io::Result<()> {
@@ -217,9 +239,9 @@ impl AppendOnly for File {
 struct EventFile<F> {
     file: F,
     fsync: Fsync,
-    /// Where the file must be cut back to before the next append, when cutting back a
-    /// failed batch failed too.
-    cut_back_to: Option<u64>,
+    /// Bytes at the end of the file from a failed batch that could not be cut off yet;
+    /// they are, before the next append.
+    torn_tail: u64,
 }
 
 impl<F: AppendOnly> EventFile<F> {
@@ -227,32 +249,44 @@ impl<F: AppendOnly> EventFile<F> {
         EventFile {
             file,
             fsync,
-            cut_back_to: None,
+            torn_tail: 0,
         }
+    }
+
+    /// Cuts the last `bytes` off the file. Its length is read now rather than tracked:
+    /// someone else may have cut the file meanwhile (copytruncate log rotation), and
+    /// cutting back past its real end would pad it with zeros.
+    fn cut_off_tail(&mut self, bytes: u64) -> io::Result<()> {
+        let length = self.file.length()?;
+        self.file.cut_back(length.saturating_sub(bytes))
     }
 }
 
 impl<F: AppendOnly> BatchWriter for EventFile<F> {
     fn write_batch(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if let Some(length) = self.cut_back_to {
-            self.file.cut_back(length)?;
-            self.cut_back_to = None;
+        if self.torn_tail > 0 {
+            self.cut_off_tail(self.torn_tail)?;
+            self.torn_tail = 0;
         }
-        // Read per batch rather than tracked: the file may have been cut by someone else
-        // (copytruncate log rotation), and cutting back past its real end would pad it
-        // with zeros.
-        let before = self.file.length()?;
+        // Nothing is read before appending: a batch that fails says how much of it
+        // reached the file, and only that is cut off again.
         let written = self.file.append(bytes).and_then(|()| match self.fsync {
             Fsync::Off => Ok(()),
-            Fsync::PerBatch => self.file.sync(),
+            Fsync::PerBatch => self.file.sync().map_err(|error| PartialWrite {
+                written: bytes.len() as u64,
+                error,
+            }),
         });
-        if written.is_err() {
-            if let Err(e) = self.file.cut_back(before) {
+        let Err(PartialWrite { written, error }) = written else {
+            return Ok(());
+        };
+        if written > 0 {
+            if let Err(e) = self.cut_off_tail(written) {
                 tracing::error!(error = %e, "a failed batch could not be cut off the events file; retrying before the next write");
-                self.cut_back_to = Some(before);
+                self.torn_tail = written;
             }
         }
-        written
+        Err(error)
     }
 }
 
@@ -381,10 +415,10 @@ mod tests {
             id,
             Some("Heartbeat".into()),
             "c",
-            "n",
+            "n".into(),
         );
         Arc::new(Event::new(
-            "n",
+            Event::source_of("n"),
             MESSAGE_RECEIVED,
             "CP-1",
             EventData::Message(data),
@@ -452,14 +486,17 @@ mod tests {
             self.file.lock().length()
         }
 
-        fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        fn append(&mut self, bytes: &[u8]) -> Result<(), PartialWrite> {
             let mut room = self.room.lock();
             let mut file = self.file.lock();
             match *room {
                 Some(left) if left < bytes.len() => {
                     file.append(&bytes[..left])?;
                     *room = Some(0);
-                    Err(io::Error::from(io::ErrorKind::StorageFull))
+                    Err(PartialWrite {
+                        written: left as u64,
+                        error: io::Error::from(io::ErrorKind::StorageFull),
+                    })
                 }
                 Some(left) => {
                     *room = Some(left - bytes.len());

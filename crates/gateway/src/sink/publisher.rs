@@ -9,7 +9,8 @@ use crate::{
 
 /// Builds events as this gateway instance and hands them on.
 pub struct Publisher {
-    node_id: String,
+    node_id: Arc<str>,
+    source: Arc<str>,
     sink: Arc<dyn EventSink>,
     ring: Arc<EventRing>,
 }
@@ -18,7 +19,8 @@ impl Publisher {
     /// Events from instance `node_id`, recorded in `ring` and submitted to `sink`.
     pub fn new(node_id: String, sink: Arc<dyn EventSink>, ring: Arc<EventRing>) -> Publisher {
         Publisher {
-            node_id,
+            source: Event::source_of(&node_id),
+            node_id: Arc::from(node_id),
             sink,
             ring,
         }
@@ -29,6 +31,11 @@ impl Publisher {
         &self.node_id
     }
 
+    /// This instance's name, shared.
+    pub fn node(&self) -> Arc<str> {
+        self.node_id.clone()
+    }
+
     /// Publishes an event of `event_type` about `subject`, waiting for room in the sink;
     /// the delivery resolves once the sink has made it durable.
     pub async fn publish(
@@ -37,7 +44,7 @@ impl Publisher {
         subject: &str,
         data: EventData,
     ) -> Result<Delivery, SinkError> {
-        let event = Arc::new(Event::new(&self.node_id, event_type, subject, data));
+        let event = Arc::new(Event::new(self.source.clone(), event_type, subject, data));
         self.ring.push(event.clone());
         self.sink.submit(event).await
     }

@@ -52,9 +52,16 @@ mod tests {
     use ocpp::{MessageType, OcppVersion};
 
     fn event(cp: &str, id: &str) -> Arc<Event> {
-        let data = MessageData::new(OcppVersion::V16, MessageType::Call, id, None, "c", "n");
+        let data = MessageData::new(
+            OcppVersion::V16,
+            MessageType::Call,
+            id,
+            None,
+            "c",
+            "n".into(),
+        );
         Arc::new(Event::new(
-            "n",
+            Event::source_of("n"),
             MESSAGE_RECEIVED,
             cp,
             EventData::Message(data),
