@@ -85,14 +85,15 @@ impl LocalResponder {
         action: &str,
         request: &Value,
     ) -> Result<Value, Refusal> {
-        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        // Formatted only for the answers that carry the time.
+        let now = || Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         let response = match (version, action) {
             (_, "BootNotification") => json!({
                 "status": "Accepted",
-                "currentTime": now,
+                "currentTime": now(),
                 "interval": self.heartbeat_interval_seconds,
             }),
-            (_, "Heartbeat") => json!({ "currentTime": now }),
+            (_, "Heartbeat") => json!({ "currentTime": now() }),
             (_, "DataTransfer") => json!({ "status": "UnknownVendorId" }),
             (_, "SignCertificate") => json!({ "status": "Rejected" }),
             (OcppVersion::V16, "Authorize") => json!({
@@ -134,7 +135,7 @@ impl LocalResponder {
                             "certificateHashData": item["certificateHashData"],
                             "source": item["source"],
                             "status": "Unknown",
-                            "nextUpdate": now,
+                            "nextUpdate": now(),
                         })
                     })
                     .collect();

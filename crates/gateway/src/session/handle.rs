@@ -3,12 +3,14 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc,
     },
+    task::Poll,
     time::Duration,
 };
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -20,7 +22,7 @@ use serde_json::value::RawValue;
 use std::collections::VecDeque;
 
 use tokio::{
-    sync::{oneshot, Notify, Semaphore, TryAcquireError},
+    sync::{oneshot, Semaphore, TryAcquireError},
     time::Instant,
 };
 
@@ -213,9 +215,20 @@ struct Mailbox {
     calls: Mutex<VecDeque<Box<OutboundCall>>>,
     /// Free places in `calls`; closed (under the `calls` lock) once the session has ended.
     room: Semaphore,
-    /// Wakes the session: a call was queued or a close requested.
-    wake: Notify,
+    /// Set when a call was queued or a close requested, until the session looks.
+    mail: AtomicBool,
+    /// The session's task, woken when `mail` is set. One waiter only: cheaper than a
+    /// `Notify`, whose waiter list the session joined and left on every loop.
+    wake: AtomicWaker,
     close_request: Mutex<Option<CloseRequest>>,
+}
+
+impl Mailbox {
+    /// Tells the session to look at its mailbox.
+    fn notify(&self) {
+        self.mail.store(true, Ordering::Release);
+        self.wake.wake();
+    }
 }
 
 /// The session's side of a [`SessionHandle`].
@@ -239,7 +252,16 @@ impl SessionEnd {
     /// Resolves when a handle queued a call or asked to close since the last wake. The
     /// session checks both after every wake, so a wake that finds nothing is harmless.
     pub async fn woken(&self) {
-        self.mailbox.wake.notified().await;
+        std::future::poll_fn(|cx| {
+            // Registered before looking, so that mail arriving in between wakes it.
+            self.mailbox.wake.register(cx.waker());
+            if self.mailbox.mail.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// Refuses further calls and returns the ones still queued.
@@ -256,7 +278,8 @@ impl SessionHandle {
         let mailbox = Arc::new(Mailbox {
             calls: Mutex::new(VecDeque::new()),
             room: Semaphore::new(queue_size),
-            wake: Notify::new(),
+            mail: AtomicBool::new(false),
+            wake: AtomicWaker::new(),
             close_request: Mutex::new(None),
         });
         (
@@ -316,7 +339,7 @@ impl SessionHandle {
             permit.forget();
             calls.push_back(call);
         }
-        self.mailbox.wake.notify_one();
+        self.mailbox.notify();
         // The session answers every call by its deadline; a dropped sender means the
         // session ended first. The outer bound guards against a session that cannot act.
         match tokio::time::timeout_at(deadline + Duration::from_secs(1), outcome).await {
@@ -357,6 +380,6 @@ impl SessionHandle {
             *request = Some(CloseRequest { reason });
         }
         drop(request);
-        self.mailbox.wake.notify_one();
+        self.mailbox.notify();
     }
 }
