@@ -5,9 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use ocpp::{MessageType, OcppVersion};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -38,6 +38,7 @@ pub struct Event {
     /// The charge point id (also the Kafka key).
     pub subject: String,
     /// When the gateway observed what the event describes.
+    #[serde(serialize_with = "rfc3339")]
     pub time: DateTime<Utc>,
     /// Always `application/json`.
     pub datacontenttype: &'static str,
@@ -87,6 +88,7 @@ pub struct MessageData {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_details: Option<Box<RawValue>>,
     /// When the frame was read.
+    #[serde(serialize_with = "rfc3339")]
     pub received_at: DateTime<Utc>,
     /// The connection the message arrived on.
     pub connection_id: String,
@@ -155,8 +157,10 @@ pub struct CommandResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<serde_json::Value>,
     /// When the gateway read the command.
+    #[serde(serialize_with = "rfc3339")]
     pub received_at: DateTime<Utc>,
     /// When the outcome was known.
+    #[serde(serialize_with = "rfc3339")]
     pub completed_at: DateTime<Utc>,
     /// The gateway instance that handled it.
     pub gateway_node: String,
@@ -235,6 +239,114 @@ impl MessageData {
             received_at: Utc::now(),
             connection_id: connection_id.to_owned(),
             gateway_node,
+        }
+    }
+}
+
+/// Writes `time` exactly as chrono's `Serialize` does (RFC 3339 in UTC with `Z`, and 0,
+/// 3, 6 or 9 fraction digits, as few as hold it), without the formatting machinery, which
+/// wrote it a character at a time: the two timestamps of every event were 3.7% of the
+/// gateway's CPU in a closed-loop profile.
+fn rfc3339<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    let mut text = [0u8; 30];
+    let formatted = format_rfc3339(time, &mut text)
+        .and_then(|length| std::str::from_utf8(&text[..length]).ok());
+    match formatted {
+        Some(text) => serializer.serialize_str(text),
+        None => time.serialize(serializer),
+    }
+}
+
+/// The length of `time` written into `out`; `None` outside years 0 to 9999 or on a leap
+/// second, which chrono's own formatting handles.
+fn format_rfc3339(time: &DateTime<Utc>, out: &mut [u8; 30]) -> Option<usize> {
+    let year = u32::try_from(time.year())
+        .ok()
+        .filter(|year| *year <= 9999)?;
+    let nanos = time.nanosecond();
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    let digits = |out: &mut [u8; 30], at: usize, mut value: u32, count: usize| {
+        for place in (at..at + count).rev() {
+            out[place] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    digits(out, 0, year, 4);
+    out[4] = b'-';
+    digits(out, 5, time.month(), 2);
+    out[7] = b'-';
+    digits(out, 8, time.day(), 2);
+    out[10] = b'T';
+    digits(out, 11, time.hour(), 2);
+    out[13] = b':';
+    digits(out, 14, time.minute(), 2);
+    out[16] = b':';
+    digits(out, 17, time.second(), 2);
+    let mut length = 19;
+    let (count, fraction) = match nanos {
+        0 => (0, 0),
+        n if n % 1_000_000 == 0 => (3, n / 1_000_000),
+        n if n % 1_000 == 0 => (6, n / 1_000),
+        n => (9, n),
+    };
+    if count > 0 {
+        out[length] = b'.';
+        digits(out, length + 1, fraction, count);
+        length += 1 + count;
+    }
+    out[length] = b'Z';
+    Some(length + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[derive(Serialize)]
+    struct Fast(#[serde(serialize_with = "rfc3339")] DateTime<Utc>);
+
+    #[test]
+    fn timestamps_are_written_as_chrono_writes_them() {
+        let seconds = [
+            -62_167_219_200, // 0000-01-01
+            0,
+            1,
+            951_782_400, // 2000-02-29
+            1_764_480_000,
+            4_102_444_799,
+            253_402_300_799, // 9999-12-31T23:59:59
+        ];
+        let nanos = [
+            0,
+            1,
+            7_000,
+            120_000_000,
+            123_456_000,
+            123_456_789,
+            999_999_999,
+        ];
+        for second in seconds {
+            for nano in nanos {
+                let time = Utc.timestamp_opt(second, nano).unwrap();
+                assert!(format_rfc3339(&time, &mut [0; 30]).is_some());
+                assert_eq!(
+                    serde_json::to_string(&Fast(time)).unwrap(),
+                    serde_json::to_string(&time).unwrap(),
+                    "{second} s {nano} ns"
+                );
+            }
+        }
+        // Beyond year 9999 and before year 0, chrono writes it.
+        for second in [253_402_300_800, -62_167_219_201] {
+            let time = Utc.timestamp_opt(second, 5).unwrap();
+            assert!(format_rfc3339(&time, &mut [0; 30]).is_none());
+            assert_eq!(
+                serde_json::to_string(&Fast(time)).unwrap(),
+                serde_json::to_string(&time).unwrap()
+            );
         }
     }
 }
