@@ -140,6 +140,19 @@ impl Frame {
 
     /// Decodes one text frame received on a connection speaking `version`.
     pub fn decode(text: &str, version: OcppVersion) -> Result<Frame, FrameError> {
+        // A well-formed frame is read in one pass; anything else is read again element by
+        // element, to say exactly what is wrong with it.
+        if let Ok(WellFormed(frame)) = serde_json::from_str::<WellFormed>(text) {
+            if MessageType::from_number(u64::from(frame.message_type().number()), version).is_some()
+            {
+                return Ok(frame);
+            }
+        }
+        Self::decode_checking(text, version)
+    }
+
+    /// Decodes a frame element by element, naming the first thing wrong with it.
+    fn decode_checking(text: &str, version: OcppVersion) -> Result<Frame, FrameError> {
         let elements: Vec<Box<RawValue>> = serde_json::from_str(text).map_err(|e| {
             // Only on the error path: tell "not JSON at all" from "JSON, but not an array".
             let kind = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
@@ -252,6 +265,100 @@ impl Frame {
             }
         })
     }
+}
+
+/// A frame that is well formed for some version: the right elements, each of the right
+/// type, read in one pass without copying any element twice. Whether its message type
+/// belongs to the connection's version is checked by the caller.
+struct WellFormed(Frame);
+
+impl<'de> serde::Deserialize<'de> for WellFormed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(WellFormedVisitor)
+    }
+}
+
+struct WellFormedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for WellFormedVisitor {
+    type Value = WellFormed;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a well-formed OCPP-J frame")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WellFormed, A::Error> {
+        use serde::de::Error;
+        let number: u64 = element(&mut seq, "messageTypeId")?;
+        let message_id: String = element(&mut seq, "messageId")?;
+        if message_id.is_empty() || message_id.chars().count() > MAX_MESSAGE_ID_LEN {
+            return Err(A::Error::custom("bad message id"));
+        }
+        let object = |raw: &RawValue| raw.get().trim_start().starts_with('{');
+        let frame = match number {
+            2 | 6 => {
+                let action: String = element(&mut seq, "action")?;
+                let payload: Box<RawValue> = element(&mut seq, "payload")?;
+                if action.is_empty() || !object(&payload) {
+                    return Err(A::Error::custom("bad action or payload"));
+                }
+                if number == 2 {
+                    Frame::Call {
+                        message_id,
+                        action,
+                        payload,
+                    }
+                } else {
+                    Frame::Send {
+                        message_id,
+                        action,
+                        payload,
+                    }
+                }
+            }
+            3 => {
+                let payload: Box<RawValue> = element(&mut seq, "payload")?;
+                if !object(&payload) {
+                    return Err(A::Error::custom("bad payload"));
+                }
+                Frame::CallResult {
+                    message_id,
+                    payload,
+                }
+            }
+            4 | 5 => {
+                let error = RpcError {
+                    message_id,
+                    error_code: element(&mut seq, "errorCode")?,
+                    description: element(&mut seq, "errorDescription")?,
+                    details: element(&mut seq, "errorDetails")?,
+                };
+                if !object(&error.details) {
+                    return Err(A::Error::custom("bad error details"));
+                }
+                if number == 4 {
+                    Frame::CallError(error)
+                } else {
+                    Frame::CallResultError(error)
+                }
+            }
+            _ => return Err(A::Error::custom("unknown message type")),
+        };
+        if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(A::Error::custom("too many elements"));
+        }
+        Ok(WellFormed(frame))
+    }
+}
+
+/// The next element of a frame, which must be there.
+fn element<'de, A, T>(seq: &mut A, field: &'static str) -> Result<T, A::Error>
+where
+    A: serde::de::SeqAccess<'de>,
+    T: serde::Deserialize<'de>,
+{
+    seq.next_element()?
+        .ok_or_else(|| <A::Error as serde::de::Error>::missing_field(field))
 }
 
 fn read_message_id(raw: &RawValue) -> Option<String> {
@@ -414,6 +521,43 @@ fn truncate_chars(text: &str, max: usize) -> &str {
 mod tests {
     use super::*;
     use OcppVersion::*;
+
+    /// The one-pass reading of well-formed frames decides exactly as the element-by-element
+    /// one, on frames well formed or not, in every version.
+    #[test]
+    fn the_fast_path_agrees_with_the_checking_path() {
+        let frames = [
+            r#"[2,"1","Heartbeat",{}]"#,
+            r#" [ 2 , "id-\u00e9" , "BootNotification" , {"a":[1,{"b":null}]} ] "#,
+            r#"[3,"1",{"currentTime":"x"}]"#,
+            r#"[4,"1","GenericError","why",{"k":1}]"#,
+            r#"[5,"1","GenericError","why",{}]"#,
+            r#"[6,"1","NotifyPeriodicEventStream",{}]"#,
+            r#"[2,"1","Heartbeat",{},1]"#,
+            r#"[2,"1","Heartbeat"]"#,
+            r#"[2,"","Heartbeat",{}]"#,
+            r#"[2,"0123456789012345678901234567890123456","Heartbeat",{}]"#,
+            r#"[2,"1","",{}]"#,
+            r#"[2,"1","Heartbeat",[]]"#,
+            r#"[2,1,"Heartbeat",{}]"#,
+            r#"[3,"1",[]]"#,
+            r#"[4,"1",7,"why",{}]"#,
+            r#"[7,"1",{}]"#,
+            r#"[-1,"1",{}]"#,
+            r#"["2","1","Heartbeat",{}]"#,
+            r#"{"not":"an array"}"#,
+            r#"[2,"1","Heartbeat",{}"#,
+            "",
+            "[]",
+        ];
+        for text in frames {
+            for version in [V16, V201, V21] {
+                let fast = format!("{:?}", Frame::decode(text, version));
+                let checking = format!("{:?}", Frame::decode_checking(text, version));
+                assert_eq!(fast, checking, "{text} in {version}");
+            }
+        }
+    }
 
     fn decode_err(text: &str, version: OcppVersion) -> FrameError {
         Frame::decode(text, version).expect_err("frame should be rejected")
