@@ -47,7 +47,7 @@ pub use handler::{CallReply, InboundCall, MessageHandler, ResponseVerdict};
 
 use crate::{
     labels::{CallDirection, CallEnd, DisconnectReason, InvalidFrameKind},
-    metrics::{action_label, Metrics, VersionActionLabels, OTHER},
+    metrics::{action_label, InboundCallSeries, Metrics, OTHER},
     telemetry::debug_trace::{redact, DebugTraces},
 };
 
@@ -145,7 +145,7 @@ struct PendingOutbound {
 /// The charge point CALL being processed.
 struct InFlight {
     message_id: String,
-    action_label: &'static str,
+    series: Arc<InboundCallSeries>,
     received: std::time::Instant,
     reply: ReplyFuture,
 }
@@ -416,9 +416,17 @@ where
                 .map_or(OTHER, |pending| pending.action_label),
             Frame::CallResultError(_) => OTHER,
         };
-        self.ctx
-            .metrics
-            .received(version, frame.message_type(), action, size);
+        match &frame {
+            Frame::Call { .. } => self
+                .ctx
+                .metrics
+                .inbound_call(version, action)
+                .received(size),
+            _ => self
+                .ctx
+                .metrics
+                .received(version, frame.message_type(), action, size),
+        }
         match frame {
             Frame::Call {
                 message_id,
@@ -503,7 +511,10 @@ where
         }
         if let Some(call) = self.inbound_queue.pop_front() {
             let message_id = call.message_id.clone();
-            let action_label = action_label(self.version(), &call.action);
+            let series = self
+                .ctx
+                .metrics
+                .inbound_call(self.version(), action_label(self.version(), &call.action));
             let received = call.received;
             let span = call_span(&call, &self.info);
             let future = self.ctx.handler.clone().call(self.info.clone(), call);
@@ -513,7 +524,7 @@ where
             };
             self.in_flight = Some(Box::new(InFlight {
                 message_id,
-                action_label,
+                series,
                 received,
                 reply,
             }));
@@ -600,25 +611,13 @@ where
 
     /// Records the answer to a charge point CALL once it is written.
     fn count_reply(&self, call: &InFlight, error: Option<ErrorCode>, size: usize) {
-        let metrics = &self.ctx.metrics;
-        let version = self.version();
+        if let Some(code) = error {
+            self.ctx
+                .metrics
+                .call_error(CallDirection::Inbound, code.as_str(OcppVersion::V201));
+        }
         let elapsed = call.received.elapsed().as_secs_f64();
-        let (message_type, end) = match error {
-            None => (MessageType::CallResult, CallEnd::Completed),
-            Some(code) => {
-                metrics.call_error(CallDirection::Inbound, code.as_str(OcppVersion::V201));
-                (MessageType::CallError, CallEnd::CallError)
-            }
-        };
-        metrics.sent(version, message_type, call.action_label, size);
-        metrics.call_done(CallDirection::Inbound, call.action_label, end, elapsed);
-        metrics
-            .message_processing_duration
-            .get_or_create(&VersionActionLabels {
-                ocpp_version: version.subprotocol(),
-                action: call.action_label,
-            })
-            .observe(elapsed);
+        call.series.answered(error.is_some(), size, elapsed);
     }
 
     /// Records a CALLERROR the session itself sends (before any dispatch).
