@@ -6,7 +6,8 @@
 #
 #   bench/run.sh                 the full run (about 15 minutes on 2 cores, after building)
 #   bench/run.sh --quick         a smoke run with small sizes, written to target/bench-quick.md
-#   bench/run.sh --quick --debug the same with debug builds (what the test suite runs)
+#                                (the test suite runs it with --check --max-cpu-ratio)
+#   bench/run.sh --quick --debug the same with debug builds (checks only that it runs)
 #
 # Other arguments go to bench/bench.py (see bench/bench.py --help).
 set -euo pipefail
