@@ -63,9 +63,10 @@ pub struct Violation {
     pub details: Vec<ViolationDetail>,
 }
 
-/// The compiled validators for every action of every version.
+/// The compiled validators for every action of every version, by version and kind, then
+/// by action (so that a lookup by `&str` allocates nothing).
 pub struct SchemaSet {
-    validators: HashMap<(OcppVersion, String, PayloadKind), Arc<Validator>>,
+    validators: HashMap<(OcppVersion, PayloadKind), HashMap<String, Arc<Validator>>>,
 }
 
 /// A schema that failed to compile (a build defect, reported at start).
@@ -138,15 +139,27 @@ impl SchemaSet {
                 .build(&schema)
                 .map_err(|e| compile_error(e.to_string()))?;
             let (action, kind) = split_stem(folder, stem);
-            validators.insert((version, action, kind), Arc::new(validator));
+            validators
+                .entry((version, kind))
+                .or_insert_with(HashMap::new)
+                .insert(action, Arc::new(validator));
         }
         Ok(Self { validators })
     }
 
     /// Whether `version` has a schema for `action` (i.e. the action exists).
     pub fn knows(&self, version: OcppVersion, action: &str) -> bool {
-        self.validators
-            .contains_key(&(version, action.to_owned(), PayloadKind::Request))
+        self.validator(version, action, PayloadKind::Request)
+            .is_some()
+    }
+
+    fn validator(
+        &self,
+        version: OcppVersion,
+        action: &str,
+        kind: PayloadKind,
+    ) -> Option<&Arc<Validator>> {
+        self.validators.get(&(version, kind))?.get(action)
     }
 
     /// Validates `payload` as the `kind` payload of `action` in `version`.
@@ -159,7 +172,14 @@ impl SchemaSet {
         kind: PayloadKind,
         payload: &Value,
     ) -> Option<Result<Validated, Violation>> {
-        let validator = self.validators.get(&(version, action.to_owned(), kind))?;
+        let validator = self.validator(version, action, kind)?;
+        ZONELESS_TIMESTAMPS.with(|count| count.set(0));
+        // The usual case, a valid payload, is answered without building error reports.
+        if validator.is_valid(payload) {
+            return Some(Ok(Validated {
+                timestamps_without_zone: ZONELESS_TIMESTAMPS.with(|count| count.replace(0)),
+            }));
+        }
         ZONELESS_TIMESTAMPS.with(|count| count.set(0));
         let details: Vec<(ErrorCode, ViolationDetail)> = validator
             .iter_errors(payload)
@@ -193,9 +213,13 @@ impl SchemaSet {
     /// Every (version, action) pair with a request schema.
     pub fn actions(&self) -> impl Iterator<Item = (OcppVersion, &str)> {
         self.validators
-            .keys()
-            .filter(|(_, _, kind)| *kind == PayloadKind::Request)
-            .map(|(version, action, _)| (*version, action.as_str()))
+            .iter()
+            .filter(|((_, kind), _)| *kind == PayloadKind::Request)
+            .flat_map(|((version, _), actions)| {
+                actions
+                    .keys()
+                    .map(move |action| (*version, action.as_str()))
+            })
     }
 }
 
@@ -254,11 +278,9 @@ mod tests {
                 );
                 if action != "NotifyPeriodicEventStream" {
                     assert!(
-                        schemas().validators.contains_key(&(
-                            version,
-                            action.to_owned(),
-                            PayloadKind::Response
-                        )),
+                        schemas()
+                            .validator(version, action, PayloadKind::Response)
+                            .is_some(),
                         "{version} {action} has no response schema"
                     );
                 }
