@@ -215,26 +215,14 @@ impl Frame {
                     .filter(|a| !a.is_empty())
                     .ok_or_else(|| shape_error("action", message_id.clone()))?;
                 let payload = next();
-                if !payload.get().trim_start().starts_with('{') {
+                if !is_object(&payload) {
                     return Err(shape_error("payload", message_id));
                 }
-                if message_type == MessageType::Call {
-                    Frame::Call {
-                        message_id,
-                        action,
-                        payload,
-                    }
-                } else {
-                    Frame::Send {
-                        message_id,
-                        action,
-                        payload,
-                    }
-                }
+                Frame::request(message_type, message_id, action, payload)
             }
             MessageType::CallResult => {
                 let payload = next();
-                if !payload.get().trim_start().starts_with('{') {
+                if !is_object(&payload) {
                     return Err(shape_error("payload", message_id));
                 }
                 Frame::CallResult {
@@ -248,7 +236,7 @@ impl Frame {
                 let description = serde_json::from_str::<String>(next().get())
                     .map_err(|_| shape_error("errorDescription", message_id.clone()))?;
                 let details = next();
-                if !details.get().trim_start().starts_with('{') {
+                if !is_object(&details) {
                     return Err(shape_error("errorDetails", message_id));
                 }
                 let error = RpcError {
@@ -294,31 +282,22 @@ impl<'de> serde::de::Visitor<'de> for WellFormedVisitor {
         if message_id.is_empty() || message_id.chars().count() > MAX_MESSAGE_ID_LEN {
             return Err(A::Error::custom("bad message id"));
         }
-        let object = |raw: &RawValue| raw.get().trim_start().starts_with('{');
         let frame = match number {
             2 | 6 => {
                 let action: String = element(&mut seq, "action")?;
                 let payload: Box<RawValue> = element(&mut seq, "payload")?;
-                if action.is_empty() || !object(&payload) {
+                if action.is_empty() || !is_object(&payload) {
                     return Err(A::Error::custom("bad action or payload"));
                 }
-                if number == 2 {
-                    Frame::Call {
-                        message_id,
-                        action,
-                        payload,
-                    }
-                } else {
-                    Frame::Send {
-                        message_id,
-                        action,
-                        payload,
-                    }
-                }
+                let message_type = match number {
+                    2 => MessageType::Call,
+                    _ => MessageType::Send,
+                };
+                Frame::request(message_type, message_id, action, payload)
             }
             3 => {
                 let payload: Box<RawValue> = element(&mut seq, "payload")?;
-                if !object(&payload) {
+                if !is_object(&payload) {
                     return Err(A::Error::custom("bad payload"));
                 }
                 Frame::CallResult {
@@ -333,7 +312,7 @@ impl<'de> serde::de::Visitor<'de> for WellFormedVisitor {
                     description: element(&mut seq, "errorDescription")?,
                     details: element(&mut seq, "errorDetails")?,
                 };
-                if !object(&error.details) {
+                if !is_object(&error.details) {
                     return Err(A::Error::custom("bad error details"));
                 }
                 if number == 4 {
@@ -359,6 +338,35 @@ where
 {
     seq.next_element()?
         .ok_or_else(|| <A::Error as serde::de::Error>::missing_field(field))
+}
+
+/// Whether a raw element is a JSON object.
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
+}
+
+impl Frame {
+    /// A CALL or a SEND, the two frames that carry a request.
+    fn request(
+        message_type: MessageType,
+        message_id: String,
+        action: String,
+        payload: Box<RawValue>,
+    ) -> Frame {
+        if message_type == MessageType::Send {
+            Frame::Send {
+                message_id,
+                action,
+                payload,
+            }
+        } else {
+            Frame::Call {
+                message_id,
+                action,
+                payload,
+            }
+        }
+    }
 }
 
 fn read_message_id(raw: &RawValue) -> Option<String> {
