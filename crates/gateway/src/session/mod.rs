@@ -157,7 +157,8 @@ struct Session<S, H> {
     ctx: Arc<SessionContext<H>>,
     info: Arc<ConnectionInfo>,
     end: SessionEnd,
-    inbound_queue: VecDeque<InboundCall>,
+    /// CALLs waiting for the one in flight, each with its metric series.
+    inbound_queue: VecDeque<(InboundCall, Arc<InboundCallSeries>)>,
     // Boxed: both are empty most of the time, and every byte of `Session` is paid by
     // every idle connection.
     in_flight: Option<Box<InFlight>>,
@@ -404,7 +405,7 @@ where
                 return self.count_bad_message().await;
             }
         };
-        let action = match &frame {
+        let label = match &frame {
             Frame::Call { action, .. } | Frame::Send { action, .. } => {
                 action_label(version, action)
             }
@@ -416,16 +417,11 @@ where
                 .map_or(OTHER, |pending| pending.action_label),
             Frame::CallResultError(_) => OTHER,
         };
-        match &frame {
-            Frame::Call { .. } => self
-                .ctx
+        // A CALL is counted through its series, which follows it to its answer.
+        if !matches!(frame, Frame::Call { .. }) {
+            self.ctx
                 .metrics
-                .inbound_call(version, action)
-                .received(size),
-            _ => self
-                .ctx
-                .metrics
-                .received(version, frame.message_type(), action, size),
+                .received(version, frame.message_type(), label, size);
         }
         match frame {
             Frame::Call {
@@ -433,6 +429,8 @@ where
                 action,
                 payload,
             } => {
+                let series = self.ctx.metrics.inbound_call(version, label);
+                series.received(size);
                 let duplicate = self
                     .in_flight
                     .as_ref()
@@ -440,7 +438,7 @@ where
                     || self
                         .inbound_queue
                         .iter()
-                        .any(|c| c.message_id == message_id);
+                        .any(|(c, _)| c.message_id == message_id);
                 if duplicate {
                     warn!(%message_id, %action, "CALL reuses a message id that is still in flight");
                     self.ctx
@@ -453,11 +451,7 @@ where
                         "message id is already in use by a CALL still being processed",
                         &json!({}),
                     );
-                    self.count_error_sent(
-                        ErrorCode::RpcFrameworkError,
-                        action_label(version, &action),
-                        reply.len(),
-                    );
+                    self.count_error_sent(ErrorCode::RpcFrameworkError, label, reply.len());
                     if let Err(ended) = self.send_text(reply).await {
                         return Some(ended);
                     }
@@ -465,12 +459,13 @@ where
                     // answered but not held against the charge point.
                     return None;
                 }
-                self.inbound_queue.push_back(InboundCall {
+                let call = InboundCall {
                     message_id,
                     action,
                     payload,
                     received: std::time::Instant::now(),
-                });
+                };
+                self.inbound_queue.push_back((call, series));
                 self.start_next_inbound();
                 None
             }
@@ -509,12 +504,8 @@ where
         if self.in_flight.is_some() {
             return;
         }
-        if let Some(call) = self.inbound_queue.pop_front() {
+        if let Some((call, series)) = self.inbound_queue.pop_front() {
             let message_id = call.message_id.clone();
-            let series = self
-                .ctx
-                .metrics
-                .inbound_call(self.version(), action_label(self.version(), &call.action));
             let received = call.received;
             let span = call_span(&call, &self.info);
             let future = self.ctx.handler.clone().call(self.info.clone(), call);
