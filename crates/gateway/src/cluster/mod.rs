@@ -162,7 +162,7 @@ impl Cluster {
     }
 
     /// Records the outcome of a registry operation.
-    fn observe<T>(
+    pub(crate) fn observe<T>(
         &self,
         operation: RegistryOperation,
         result: Result<T, RegistryError>,

@@ -154,7 +154,7 @@ async fn mark_answered(cluster: &crate::cluster::Cluster, command_id: &str) {
 const REGISTRY_RETRY: Duration = Duration::from_millis(50);
 
 /// Runs an idempotent registry operation until it succeeds or `cluster.lease_time` has
-/// passed; each failure is counted.
+/// passed; each outcome is observed like any registry operation (metrics, health).
 async fn retry_registry<T, F, Fut>(
     cluster: &crate::cluster::Cluster,
     mut operation: F,
@@ -166,17 +166,10 @@ where
     let give_up = Instant::now() + cluster.config().lease_time;
     let mut pause = REGISTRY_RETRY;
     loop {
-        match operation().await {
-            Ok(value) => {
-                cluster
-                    .metrics()
-                    .registry(crate::labels::RegistryOperation::CommandId, true);
-                return Ok(value);
-            }
+        let outcome = operation().await;
+        match cluster.observe(crate::labels::RegistryOperation::CommandId, outcome) {
+            Ok(value) => return Ok(value),
             Err(e) => {
-                cluster
-                    .metrics()
-                    .registry(crate::labels::RegistryOperation::CommandId, false);
                 if Instant::now() + pause >= give_up {
                     return Err(e);
                 }
